@@ -1,0 +1,1 @@
+"""Triton kernels of udvd_triton (installed as ``udvd_triton.kernels``)."""

@@ -1,0 +1,1 @@
+"""Data installed with udvd_triton: registry manifest, bundled checkpoints, kernel-PCA basis."""
