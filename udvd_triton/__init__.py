@@ -1,6 +1,7 @@
 """UDVD super-resolution with fused Triton dynamic-filter kernels."""
 
+from udvd_triton.model import UDVD, convert_reference_state_dict, multistage_l1_loss
 from udvd_triton.ops import dynamic_filter
 
-__all__ = ["dynamic_filter"]
+__all__ = ["UDVD", "convert_reference_state_dict", "dynamic_filter", "multistage_l1_loss"]
 __version__ = "0.1.0"

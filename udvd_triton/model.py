@@ -1,0 +1,261 @@
+"""The UDVD network (Xu et al., CVPR 2020) and its ablation variants.
+
+Input: the SRMD-style stack of the LR image (3 ch), the kernel-PCA code (15 ch) and the noise level (1 ch), each
+degradation parameter stretched to a map at LR size. Body: EDSR-style conv head, ``n_blocks`` residual blocks
+(res_scale 0.1) and a global skip. Refinement by dynamic filters:
+
+* ``upsample``: per LR pixel, a k x k kernel for each of the s*s sub-pixels is predicted from the body features and
+  a small guide branch on the LR image, applied to the LR image (``dynamic_filter`` with ``scale=s``), plus a
+  residual predicted by a sub-pixel conv (conv -> ReLU -> PixelShuffle(s) -> conv).
+* ``refine[i]``: a "common" dynamic conv at HR: per HR pixel one k x k kernel applied to the previous output,
+  plus a predicted residual. The LR body features are aligned to HR by a sub-pixel layer (``FeatureAligner``).
+
+Every stage's output is returned; training puts an L1 loss on each (``multistage_l1_loss``).
+
+Variants (paper ablation): "baseline" (sub-pixel upsampling, no dynamic filter), "D" (baseline + one common
+dynamic conv), "U" (dynamic upsampling only), "UD", "UDD" (default: dynamic upsampling + two common dynamic convs).
+
+Module names follow the reference implementation where they mean the same (``head``, ``body.{i}.conv.{0,2}``,
+``image_conv``, ``feat_conv``, ``feat_residual``, ``feat_kernel``), so ``convert_reference_state_dict`` is a
+prefix rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from udvd_triton.ops import dynamic_filter
+
+VARIANTS = ("baseline", "D", "U", "UD", "UDD")
+MODEL_SCALES = (2, 3, 4)
+GUIDE_CHANNELS = 32  # output width of the image guide branch (3 -> 16 -> 16 -> 32 in the paper's reference)
+RESIDUAL_CHANNELS = 16  # width of the residual branches before their last conv
+
+
+def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+def _image_guide(channels: int) -> nn.Sequential:
+    """Small conv branch that lets the kernel predictor see the image it filters."""
+    return nn.Sequential(
+        _conv(channels, 16), nn.ReLU(inplace=True), _conv(16, 16), nn.ReLU(inplace=True), _conv(16, GUIDE_CHANNELS)
+    )
+
+
+def _apply_dynamic(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int) -> torch.Tensor:
+    # Under autocast the predicted kernels arrive in bf16/fp16 while the image is fp32: filter in the wider type.
+    dtype = torch.promote_types(x.dtype, kernels.dtype)
+    return dynamic_filter(x.to(dtype), kernels.to(dtype), scale=scale, kernel_size=kernel_size, depthwise=True)
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block without batch norm: x + res_scale * conv(relu(conv(x)))."""
+
+    def __init__(self, channels: int, res_scale: float) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(_conv(channels, channels), nn.ReLU(inplace=True), _conv(channels, channels))
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) * self.res_scale
+
+
+class FeatureAligner(nn.Sequential):
+    """Sub-pixel alignment of LR features (C ch, h x w) to the HR grid (C ch, s*h x s*w).
+
+    When s*s divides C (x2 and x4 at C=128) it is parameter-free ``PixelShuffle(s)`` followed by a 1x1 conv
+    C/s^2 -> C: each HR pixel sees the C/s^2 features of its own sub-pixel position. At x2 this is exactly the
+    reference implementation. When it does not (x3: 9 does not divide 128), a 1x1 conv first widens the features to
+    s^2 * ceil(C/s^2) channels, which keeps the same shuffle-then-project structure with no feature dropped.
+    """
+
+    def __init__(self, channels: int, scale: int) -> None:
+        per_pixel = -(-channels // (scale * scale))
+        layers: list[nn.Module] = []
+        if per_pixel * scale * scale != channels:
+            layers.append(nn.Conv2d(channels, per_pixel * scale * scale, 1))
+        layers += [nn.PixelShuffle(scale), nn.Conv2d(per_pixel, channels, 1)]
+        super().__init__(*layers)
+
+
+class UpsampleDynamicConv(nn.Module):
+    """Upsampling stage: LR image + LR features -> HR image (N, C_img, s*h, s*w).
+
+    With ``dynamic=False`` (baseline and "D" variants) only the sub-pixel residual branch produces the output.
+    """
+
+    def __init__(self, n_feats: int, scale: int, kernel_size: int, image_channels: int, dynamic: bool) -> None:
+        super().__init__()
+        self.scale, self.kernel_size = scale, kernel_size
+        cat = GUIDE_CHANNELS + n_feats
+        self.image_conv = _image_guide(image_channels)
+        self.feat_residual = nn.Sequential(
+            _conv(cat, RESIDUAL_CHANNELS * scale * scale),
+            nn.ReLU(inplace=True),
+            nn.PixelShuffle(scale),
+            _conv(RESIDUAL_CHANNELS, image_channels),
+        )
+        self.feat_kernel = _conv(cat, kernel_size * kernel_size * scale * scale) if dynamic else None
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        cat = torch.cat([self.image_conv(image), features], 1)
+        out = self.feat_residual(cat)
+        if self.feat_kernel is not None:
+            out = _apply_dynamic(image, self.feat_kernel(cat), self.scale, self.kernel_size) + out
+        return out
+
+
+class CommonDynamicConv(nn.Module):
+    """Refinement stage at HR: previous output (N, C_img, H, W) + LR features -> refined output, same shape."""
+
+    def __init__(self, n_feats: int, scale: int, kernel_size: int, image_channels: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        cat = GUIDE_CHANNELS + n_feats
+        self.image_conv = _image_guide(image_channels)
+        self.feat_conv = FeatureAligner(n_feats, scale)
+        self.feat_residual = nn.Sequential(
+            _conv(cat, RESIDUAL_CHANNELS), nn.ReLU(inplace=True), _conv(RESIDUAL_CHANNELS, image_channels)
+        )
+        self.feat_kernel = _conv(cat, kernel_size * kernel_size)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        cat = torch.cat([self.image_conv(image), self.feat_conv(features)], 1)
+        return _apply_dynamic(image, self.feat_kernel(cat), 1, self.kernel_size) + self.feat_residual(cat)
+
+
+class UDVD(nn.Module):
+    """Unified Dynamic Convolutional Network for SR with Variational Degradations.
+
+    Args:
+        scale: upscaling factor, 2, 3 or 4.
+        n_feats: body width (128 in the paper).
+        n_blocks: number of residual blocks (15).
+        res_scale: residual scaling in the blocks (0.1).
+        kernel_size: size k of the per-pixel dynamic kernels (5), odd.
+        variant: one of ``VARIANTS``; "UDD" is the paper's model.
+        image_channels: channels of the image (3, RGB).
+        code_len: length of the kernel-PCA code (15).
+
+    ``forward(image, kernel_code, noise_map)`` takes image (N, 3, h, w) in [0, 1], kernel_code (N, 15, h, w) and
+    noise_map (N, 1, h, w) = noise sigma / 255, and returns a tuple of stage outputs, each (N, 3, s*h, s*w);
+    the last one is the final prediction.
+    """
+
+    def __init__(
+        self,
+        scale: int = 2,
+        n_feats: int = 128,
+        n_blocks: int = 15,
+        res_scale: float = 0.1,
+        kernel_size: int = 5,
+        variant: str = "UDD",
+        image_channels: int = 3,
+        code_len: int = 15,
+    ) -> None:
+        super().__init__()
+        if scale not in MODEL_SCALES:
+            raise ValueError(f"UDVD supports scales {MODEL_SCALES}, got {scale!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+        if n_feats < 1 or n_blocks < 0:
+            raise ValueError(f"need n_feats >= 1 and n_blocks >= 0, got {n_feats} and {n_blocks}")
+        self.config: dict[str, Any] = dict(
+            scale=scale,
+            n_feats=n_feats,
+            n_blocks=n_blocks,
+            res_scale=res_scale,
+            kernel_size=kernel_size,
+            variant=variant,
+            image_channels=image_channels,
+            code_len=code_len,
+        )
+        self.scale, self.image_channels, self.code_len = scale, image_channels, code_len
+        self.head = _conv(image_channels + code_len + 1, n_feats)
+        self.body = nn.Sequential(*(ResBlock(n_feats, res_scale) for _ in range(n_blocks)))
+        self.upsample = UpsampleDynamicConv(n_feats, scale, kernel_size, image_channels, dynamic=variant[0] == "U")
+        self.refine = nn.ModuleList(
+            CommonDynamicConv(n_feats, scale, kernel_size, image_channels) for _ in range(variant.count("D"))
+        )
+
+    def check_inputs(self, image: torch.Tensor, kernel_code: torch.Tensor, noise_map: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the problem if the three inputs do not fit the model."""
+        expected = {"image": self.image_channels, "kernel_code": self.code_len, "noise_map": 1}
+        tensors = {"image": image, "kernel_code": kernel_code, "noise_map": noise_map}
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be a 4-D tensor (N, C, h, w), got {shape}")
+            if not t.is_floating_point():
+                raise ValueError(f"{name} must be floating point (images in [0, 1]), got dtype {t.dtype}")
+            if t.shape[1] != expected[name]:
+                raise ValueError(f"{name} must have {expected[name]} channels, got shape {tuple(t.shape)}")
+        n, _, h, w = image.shape
+        for name in ("kernel_code", "noise_map"):
+            t = tensors[name]
+            if (t.shape[0], t.shape[2], t.shape[3]) != (n, h, w):
+                raise ValueError(
+                    f"{name} must match the image's batch and size (N={n}, h={h}, w={w}), got shape {tuple(t.shape)}"
+                )
+
+    def forward(
+        self, image: torch.Tensor, kernel_code: torch.Tensor, noise_map: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        self.check_inputs(image, kernel_code, noise_map)
+        head = self.head(torch.cat([image, kernel_code, noise_map], 1))
+        features = self.body(head) + head
+        out = self.upsample(image, features)
+        outputs = [out]
+        for stage in self.refine:
+            out = stage(out, features)
+            outputs.append(out)
+        return tuple(outputs)
+
+
+def multistage_l1_loss(
+    outputs: Sequence[torch.Tensor], target: torch.Tensor, weights: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Weighted sum of the mean L1 errors of every stage output against the HR target (all (N, C, H, W)).
+
+    ``weights`` defaults to 1 for every stage, as in the paper.
+    """
+    weights = [1.0] * len(outputs) if weights is None else list(weights)
+    if len(weights) != len(outputs):
+        raise ValueError(f"got {len(weights)} loss weights for {len(outputs)} stage outputs")
+    return sum(w * F.l1_loss(o.float(), target.float()) for w, o in zip(weights, outputs))  # type: ignore[return-value]
+
+
+_REFERENCE_PREFIXES = {"UpDyConv.": "upsample.", "ComDyConv1.": "refine.0.", "ComDyConv2.": "refine.1."}
+
+
+def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a state dict of the widely circulated reference UDVD (x2) onto ``UDVD(scale=2)``.
+
+    Reference keys: ``head.*``, ``body.{i}.conv.{0,2}.*``, ``UpDyConv.{image_conv,feat_residual,feat_kernel}.*``,
+    ``ComDyConv{1,2}.{image_conv,feat_conv,feat_residual,feat_kernel}.*``; a ``module.`` prefix (DataParallel) is
+    dropped. The reference's ComDyConv ``feat_conv`` is PixelShuffle(2) then a 1x1 conv, i.e. our
+    ``FeatureAligner`` at x2 with the same parameter positions, so only the stage prefixes change.
+    Load the result with ``UDVD(scale=2).load_state_dict(out)``.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        new = next((new + key[len(old) :] for old, new in _REFERENCE_PREFIXES.items() if key.startswith(old)), None)
+        if new is None and key.startswith(("head.", "body.")):
+            new = key
+        if new is None:
+            unknown.append(key)
+        else:
+            converted[new] = value
+    if unknown:
+        raise ValueError(f"not keys of the reference UDVD implementation: {', '.join(sorted(unknown))}")
+    return converted
