@@ -36,7 +36,9 @@ CASES = [
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def pixelconv_unfold(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool) -> torch.Tensor:
+def pixelconv_unfold(
+    x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool
+) -> torch.Tensor:
     """The reference UDVD implementation's PixelConv: unfold k x k patches, one small matmul per pixel, pixel shuffle.
 
     Materialises the (N, H, W, C, k*k) patch tensor and the (N, C*s*s, H, W) pre-shuffle output.
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--sets", type=int, default=3, help="input sets rotated between iterations (cold L2)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/<device>-dynamic_filter.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default: results/<device>-dynamic_filter.json)"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_dynamic_filter.py needs a CUDA GPU: torch.cuda.is_available() is False. Nothing was measured.")

@@ -5,23 +5,25 @@ Layouts and formulas are those of :mod:`udvd_triton.ops` (API.md "Dynamic filter
 
 Design
 ------
-* Forward: one program per (sample n, block of channels, high-resolution output row ``s*h+i``, block of ``BLOCK_Q``
-  consecutive output columns). Output column ``q`` belongs to low-resolution pixel ``w = q // s`` and sub-pixel
-  ``j = q % s``, so every program writes one contiguous run of a pixel-shuffled row (coalesced stores) and no
-  unfold or (N, C*s*s, H, W) tensor exists. Depthwise: the tile is [channels, columns]; each of the k*k weights of
-  a column is loaded once and applied to all channels of the block. Full mode: the tile is [output channels,
-  columns]; one input value per column is loaded per (input channel, tap) and applied to all output channels.
-* Grad wrt x (gather form, no atomics): one program per (n, channel block, LR row, block of LR columns) owns its
+* Forward: one program per (sample n, channel block, run of ``BLOCK_Q`` consecutive elements of the flattened
+  high-resolution plane). Element ``r`` is HR row ``oh = r // (s*W)`` = ``s*h+i`` and column ``q`` = ``s*w+j``, so a
+  program writes one contiguous run of the pixel-shuffled output (coalesced stores, also for narrow images) and no
+  unfold or (N, C*s*s, H, W) tensor ever exists. Depthwise: the tile is [channels, plane run]; per tap, the weight of
+  each element is loaded once and applied to the whole channel block. Full mode: the tile is [output channels, plane
+  run]; per (input channel, tap) one input value per element is loaded and applied to all output channels.
+* Grad wrt x (gather form, no atomics): one program per (n, channel block, run of the flattened LR plane) owns its
   ``dx`` elements and sums, over taps and sub-pixels, grad_out at the LR pixel ``(y-dy+p, x-dx+p)`` times that
   pixel's weight. Every weight is read once per channel block.
-* Grad wrt kernels: one program per (n, LR row, block of LR columns[, output-channel block in full mode]) writes
-  ``dK[n, t*s*s+sub, h, w]`` rows; depthwise sums x_pad * grad_out over channels inside the program (a reduction
+* Grad wrt kernels: one program per (n, run of the LR plane[, output-channel block in full mode]) writes
+  ``dK[n, t*s*s+sub, h, w]`` runs; depthwise sums x_pad * grad_out over channels inside the program (a reduction
   along the tile's channel axis), full mode is an outer product and needs no reduction at all.
-* All programs of a launch sit on grid axis 0 (decoded in the kernel) so no grid-axis limit applies. Offsets that can
-  exceed 2**31 (sample and channel bases, rows) are formed from int64 scalars; only in-row vector offsets stay int32.
-* Inputs are read through their strides, never copied: a ``.contiguous()`` of the kernels tensor (the largest
-  tensor) would cost one extra read and write of it, more than the whole fused op moves.
+* All programs of a launch sit on grid axis 0 (decoded in the kernel) so no grid-axis limit applies. Sample bases are
+  int64; offsets inside a sample are int32 unless a tensor's per-sample extent reaches 2**31 (then ``IDX`` = int64).
+* Inputs are read through their strides, never copied: a ``.contiguous()`` of a channels-last kernels tensor (the
+  largest tensor) would add a read and a write of it, more than doubling the traffic of the RGB op.
 * fp16/bf16/fp32 accumulate in fp32, float64 (used by gradcheck) in float64; results have the input dtype.
+* Tiles: about 1024 accumulators on a GPU, long along the contiguous plane axis; under the interpreter as large as the
+  problem allows. A heuristic, no autotuning (which the interpreter cannot run).
 """
 
 from __future__ import annotations
@@ -286,7 +288,8 @@ def _output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device:
         raise ValueError(
-            f"out must be a {shape} {like.dtype} tensor on {like.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
+            f"out must be a {shape} {like.dtype} tensor on {like.device}, "
+            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
         )
     return out
 
@@ -383,7 +386,9 @@ def dynamic_filter_grad_kernels(
 
 
 @torch.library.custom_op("udvd_triton::dynamic_filter", mutates_args=())
-def _dynamic_filter_op(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool) -> torch.Tensor:
+def _dynamic_filter_op(
+    x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool
+) -> torch.Tensor:
     return dynamic_filter_forward(x, kernels, scale, kernel_size, depthwise)
 
 
@@ -394,7 +399,9 @@ def _(x, kernels, scale, kernel_size, depthwise):
 
 
 @torch.library.custom_op("udvd_triton::dynamic_filter_grad_x", mutates_args=())
-def _grad_x_op(grad_out: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool) -> torch.Tensor:
+def _grad_x_op(
+    grad_out: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool
+) -> torch.Tensor:
     return dynamic_filter_grad_x(grad_out, kernels, scale, kernel_size, depthwise)
 
 
@@ -405,7 +412,9 @@ def _(grad_out, kernels, scale, kernel_size, depthwise):
 
 
 @torch.library.custom_op("udvd_triton::dynamic_filter_grad_kernels", mutates_args=())
-def _grad_kernels_op(grad_out: torch.Tensor, x: torch.Tensor, scale: int, kernel_size: int, depthwise: bool) -> torch.Tensor:
+def _grad_kernels_op(
+    grad_out: torch.Tensor, x: torch.Tensor, scale: int, kernel_size: int, depthwise: bool
+) -> torch.Tensor:
     return dynamic_filter_grad_kernels(grad_out, x, scale, kernel_size, depthwise)
 
 
