@@ -386,7 +386,7 @@ def kernel_code(kernel: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
             f"basis, got shape {tuple(kernel.shape)}"
         )
     _check_kernels(kernel)
-    p = torch.from_numpy(pca_basis()).to(device=kernel.device, dtype=kernel.dtype)
+    p = torch.tensor(pca_basis(), device=kernel.device, dtype=kernel.dtype)
     return kernel.flatten(-2) @ p.T
 
 
