@@ -170,6 +170,8 @@ def test_degrade_noise_free_matches_scipy_wrap_convolution(scale):
     ref = D.imresize(wrap_blur(hr, k), 1 / scale)
     assert lr.shape == (24 // scale, 36 // scale, 3) and lr.dtype == np.float64
     np.testing.assert_allclose(lr, ref, atol=1e-13)
+    gray = D.degrade(hr[..., 1], k, scale, 0.0)  # HW grayscale in, HW out
+    np.testing.assert_allclose(gray, ref[..., 1], atol=1e-13)
 
 
 def test_degrade_torch_batch_per_sample_kernels_and_noise():
@@ -221,6 +223,8 @@ def test_degrade_numpy_noise_level_and_rng():
         (dict(kernel=np.ones((15, 15))), "sum to 1"),
         (dict(hr=torch.zeros(2, 3, 24, 24), kernel=torch.ones(3, 15, 15) / 225), "N=2"),
         (dict(hr=torch.zeros(2, 3, 24, 24), noise_level=torch.ones(3)), "noise_level"),
+        (dict(rng=torch.Generator()), "np.random.Generator"),
+        (dict(hr=torch.zeros(1, 3, 24, 24), rng=np.random.default_rng(0)), "torch.Generator"),
     ],
 )
 def test_degrade_errors(kwargs, msg):

@@ -224,9 +224,10 @@ def _numpy_to_nchw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(hwc, dtype=np.float64)).permute(2, 0, 1).unsqueeze(0)
 
 
-def _nchw_to_numpy(x: torch.Tensor, like: np.ndarray) -> np.ndarray:
+def _nchw_to_numpy(x: torch.Tensor, ndim: int) -> np.ndarray:
+    """(1, C, H, W) tensor -> numpy HWC (ndim 3) or HW (ndim 2)."""
     out = x[0].permute(1, 2, 0).numpy()
-    return (out[:, :, 0] if like.ndim == 2 else out).astype(like.dtype, copy=False)
+    return out[:, :, 0] if ndim == 2 else out
 
 
 def imresize(img: np.ndarray | torch.Tensor, scale: float) -> np.ndarray | torch.Tensor:
@@ -244,7 +245,7 @@ def imresize(img: np.ndarray | torch.Tensor, scale: float) -> np.ndarray | torch
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale!r}")
     if isinstance(img, np.ndarray):
-        return _nchw_to_numpy(imresize(_numpy_to_nchw(img), scale), img)
+        return _nchw_to_numpy(imresize(_numpy_to_nchw(img), scale), img.ndim).astype(img.dtype, copy=False)
     h, w = img.shape[-2:]
     oh, ow = math.ceil(h * scale), math.ceil(w * scale)
     x = img @ _resize_weights(w, ow, scale, img).T  # along W
@@ -305,11 +306,13 @@ def degrade(
         k = torch.as_tensor(kernel, dtype=torch.float64)
         if k.dim() != 2:
             raise ValueError(f"numpy images take one (k, k) kernel, got shape {tuple(k.shape)}")
-        lr = _nchw_to_numpy(degrade(_numpy_to_nchw(hr), k, scale, 0.0), hr).astype(np.float64)
+        lr = _nchw_to_numpy(degrade(_numpy_to_nchw(hr), k, scale, 0.0), hr.ndim)  # float64
         rng = np.random.default_rng() if rng is None else rng
         lr = lr + rng.standard_normal(lr.shape) * (float(noise_level) / 255.0)
         return lr.astype(hr.dtype, copy=False)
 
+    if rng is not None and not isinstance(rng, torch.Generator):
+        raise ValueError(f"torch images take rng=torch.Generator, got {type(rng).__name__}")
     n = hr.shape[0]
     k = torch.as_tensor(kernel).to(device=hr.device)
     _check_kernels(k)
