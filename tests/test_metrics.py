@@ -53,7 +53,9 @@ def test_float_images_convert_like_im2uint8():
     assert psnr(half, np.full((4, 4), 1 / 255)) == math.inf
 
 
-@pytest.mark.parametrize("shape,y_channel,border", [((48, 40, 3), True, 0), ((48, 40, 3), False, 4), ((33, 47), True, 2)])
+@pytest.mark.parametrize(
+    "shape,y_channel,border", [((48, 40, 3), True, 0), ((48, 40, 3), False, 4), ((33, 47), True, 2)]
+)
 def test_ssim_matches_skimage(shape, y_channel, border):
     rng = np.random.default_rng(2)
     a = rng.integers(0, 256, shape, dtype=np.uint8)

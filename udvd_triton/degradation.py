@@ -213,7 +213,8 @@ def _check_image(img: np.ndarray | torch.Tensor, name: str) -> None:
             raise ValueError(f"{name} must be a torch (N, C, H, W) tensor, got shape {tuple(img.shape)}")
         if img.shape[1] > _MAX_CHANNELS:
             raise ValueError(
-                f"{name} must be (N, C, H, W) with at most {_MAX_CHANNELS} channels, got shape {tuple(img.shape)} (NHWC?)"
+                f"{name} must be (N, C, H, W) with at most {_MAX_CHANNELS} channels, "
+                f"got shape {tuple(img.shape)} (NHWC?)"
             )
     else:
         raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(img).__name__}")
@@ -357,7 +358,9 @@ def pca_basis() -> np.ndarray:
     """The (15, 225) float64 kernel-PCA basis shipped in ``udvd_triton.weights`` (read-only, loaded once)."""
     resource = importlib.resources.files("udvd_triton.weights").joinpath(PCA_FILE)
     if not resource.is_file():
-        raise FileNotFoundError(f"kernel-PCA basis {PCA_FILE} missing from udvd_triton.weights (scripts/make_pca_basis.py)")
+        raise FileNotFoundError(
+            f"kernel-PCA basis {PCA_FILE} missing from udvd_triton.weights (write it with scripts/make_pca_basis.py)"
+        )
     with resource.open("rb") as f:
         basis = np.load(f)
     if basis.shape != (CODE_LENGTH, KERNEL_SIZE * KERNEL_SIZE):
@@ -414,7 +417,7 @@ def degradation_maps(
         ``(kernel_code_map (N, 15, h, w), noise_map (N, 1, h, w) = sigma / 255)``. N broadcasts from 1 between
         ``kernel`` and ``noise_level``.
     """
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     k = torch.as_tensor(kernel)
     device = torch.device(device) if device is not None else k.device
     k = k.to(device=device, dtype=torch.float64)

@@ -102,7 +102,9 @@ def ssim(a: np.ndarray, b: np.ndarray, border: int = 0, y_channel: bool = True) 
     """
     x, y = _prepare(a, b, border, y_channel)
     if min(x.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after the border crop, got {x.shape[:2]}")
+        raise ValueError(
+            f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after the border crop, got {x.shape[:2]}"
+        )
     g = _gaussian_window()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     scores = []
@@ -127,7 +129,9 @@ def batch_psnr(sr: torch.Tensor, hr: torch.Tensor, border: int = 0, y_channel: b
     if not (isinstance(sr, torch.Tensor) and isinstance(hr, torch.Tensor)):
         raise ValueError("sr and hr must be torch tensors")
     if sr.shape != hr.shape or sr.dim() != 4 or sr.shape[1] not in (1, 3):
-        raise ValueError(f"sr and hr must share an (N, C, H, W) shape with C in (1, 3), got {tuple(sr.shape)}, {tuple(hr.shape)}")
+        raise ValueError(
+            f"sr and hr must share an (N, C, H, W) shape with C in (1, 3), got {tuple(sr.shape)}, {tuple(hr.shape)}"
+        )
     if not (sr.is_floating_point() and hr.is_floating_point()):
         raise ValueError(f"sr and hr must be float tensors in [0, 1], got {sr.dtype}, {hr.dtype}")
     h, w = sr.shape[-2:]
