@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from udvd_triton.model import UDVD
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
+DEFAULT_BLUR_SIGMA = 1.0  # LR pixels; the blur width assumed when the caller does not know it
 _PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 _INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
@@ -197,7 +198,7 @@ def _run_tiled(model: UDVD, image: torch.Tensor, code: torch.Tensor, noise: floa
 def upscale(
     model: UDVD,
     img: ImageLike,
-    blur_sigma: float = 1.0,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
     noise_level: float | str = 0.0,
     tile: int | None = None,
     *,

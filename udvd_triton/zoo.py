@@ -39,6 +39,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_model
 
+from udvd_triton.inference import DEFAULT_BLUR_SIGMA, upscale
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -403,13 +405,11 @@ class ZooMixin(
     def upscale(
         self,
         img: Image.Image | np.ndarray | torch.Tensor,
-        blur_sigma: float = 1.0,
+        blur_sigma: float = DEFAULT_BLUR_SIGMA,
         noise_level: float | str = 0.0,
         tile: int | None = None,
         *,
         kernel: np.ndarray | torch.Tensor | None = None,
     ) -> Image.Image | np.ndarray | torch.Tensor:
         """Super-resolve ``img``; see ``udvd_triton.inference.upscale`` for the arguments."""
-        from udvd_triton.inference import upscale
-
         return upscale(self, img, blur_sigma=blur_sigma, noise_level=noise_level, tile=tile, kernel=kernel)  # type: ignore[arg-type]
