@@ -159,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, checkpoint folder or .safetensors file, "
                    f"or hf:owner/repo[@revision] (default {DEFAULT_MODEL}; see 'udvd models')")
     p.add_argument("--sigma", type=float, default=DEFAULT_BLUR_SIGMA,
-                   help=f"Gaussian blur width of the input, LR pixels ({DEFAULT_BLUR_SIGMA})")
+                   help=f"width (std, HR pixels) of the Gaussian blur the input went through ({DEFAULT_BLUR_SIGMA})")
     p.add_argument("--noise", type=_noise_arg, default=0.0, help="noise std on the 0..255 scale, or 'auto' (0)")
     p.add_argument("--tile", type=int, default=None, help="LR tile size for large images (default: none on CPU, "
                    "from free memory on CUDA)")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from udvd_triton.model import UDVD
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
-DEFAULT_BLUR_SIGMA = 1.0  # LR pixels; the blur width assumed when the caller does not know it
+DEFAULT_BLUR_SIGMA = 1.0  # std of the SRMD blur kernel in HR pixels; assumed when the caller does not know it
 _PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 _INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
@@ -154,7 +154,7 @@ def _blur_kernel(model: UDVD, blur_sigma: float, kernel: np.ndarray | torch.Tens
     size = math.isqrt(basis.shape[1])
     if kernel is None:
         if not (isinstance(blur_sigma, (int, float)) and math.isfinite(blur_sigma) and blur_sigma > 0):
-            raise ValueError(f"blur_sigma must be a positive number (Gaussian width in LR pixels), got {blur_sigma!r}")
+            raise ValueError(f"blur_sigma must be a positive number (Gaussian std in HR pixels), got {blur_sigma!r}")
         k = torch.from_numpy(np.asarray(isotropic_gaussian(size, blur_sigma), dtype=np.float64))
     else:
         k = torch.as_tensor(np.asarray(kernel.detach().cpu() if isinstance(kernel, torch.Tensor) else kernel))
@@ -211,7 +211,8 @@ def upscale(
     Args:
         model: a UDVD (its device and dtype are used; fp16/bf16 on GPU work).
         img: PIL / numpy / torch image, values in [0, 1] for floats.
-        blur_sigma: width (std, LR pixels) of the isotropic Gaussian blur the image went through.
+        blur_sigma: width (std, HR pixels, as in ``degradation.isotropic_gaussian``) of the isotropic blur the
+            image went through.
         noise_level: std of its additive Gaussian noise on the 0..255 scale, or "auto" to estimate it
             (``estimate_noise_level``).
         tile: LR tile side for tiled inference of large images; None: no tiling on CPU, on CUDA a size derived
