@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from udvd_triton.degradation import pca_basis
 from udvd_triton.ops import dynamic_filter
+from udvd_triton.zoo import ZooMixin
 
 VARIANTS = ("baseline", "D", "U", "UD", "UDD")
 MODEL_SCALES = (2, 3, 4)
@@ -130,7 +132,15 @@ class CommonDynamicConv(nn.Module):
         return _apply_dynamic(image, self.feat_kernel(cat), 1, self.kernel_size) + self.feat_residual(cat)
 
 
-class UDVD(nn.Module):
+def default_kernel_basis(code_len: int = 15) -> torch.Tensor:
+    """The leading ``code_len`` rows of ``degradation.pca_basis()``: float32 (code_len, 225)."""
+    basis = torch.as_tensor(pca_basis(), dtype=torch.float32)
+    if not 1 <= code_len <= basis.shape[0]:
+        raise ValueError(f"code_len must be in 1..{basis.shape[0]} (rows of the kernel-PCA basis), got {code_len}")
+    return basis[:code_len]
+
+
+class UDVD(nn.Module, ZooMixin):
     """Unified Dynamic Convolutional Network for SR with Variational Degradations.
 
     Args:
@@ -142,6 +152,11 @@ class UDVD(nn.Module):
         variant: one of ``VARIANTS``; "UDD" is the paper's model.
         image_channels: channels of the image (3, RGB).
         code_len: length of the kernel-PCA code (15).
+
+    Buffer ``kernel_basis`` (code_len, 225): the kernel-PCA basis the model is trained with (by default
+    ``degradation.pca_basis()``); saved in checkpoints, so ``upscale`` encodes a blur kernel k as
+    ``kernel_basis @ k.ravel()`` with the basis the checkpoint was trained with.
+    Zoo methods (``ZooMixin``): ``from_pretrained``, ``save_pretrained``, ``push_to_hub``, ``upscale``.
 
     ``forward(image, kernel_code, noise_map)`` takes image (N, 3, h, w) in [0, 1], kernel_code (N, 15, h, w) and
     noise_map (N, 1, h, w) = noise sigma / 255, and returns a tuple of stage outputs, each (N, 3, s*h, s*w);
@@ -179,6 +194,7 @@ class UDVD(nn.Module):
             code_len=code_len,
         )
         self.scale, self.image_channels, self.code_len = scale, image_channels, code_len
+        self.register_buffer("kernel_basis", default_kernel_basis(code_len))
         self.head = _conv(image_channels + code_len + 1, n_feats)
         self.body = nn.Sequential(*(ResBlock(n_feats, res_scale) for _ in range(n_blocks)))
         self.upsample = UpsampleDynamicConv(n_feats, scale, kernel_size, image_channels, dynamic=variant[0] == "U")
@@ -243,7 +259,8 @@ def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     ``ComDyConv{1,2}.{image_conv,feat_conv,feat_residual,feat_kernel}.*``; a ``module.`` prefix (DataParallel) is
     dropped. The reference's ComDyConv ``feat_conv`` is PixelShuffle(2) then a 1x1 conv, i.e. our
     ``FeatureAligner`` at x2 with the same parameter positions, so only the stage prefixes change.
-    Load the result with ``UDVD(scale=2).load_state_dict(out)``.
+    The reference has no ``kernel_basis`` buffer; the default basis is added (the reference implementation's own
+    PCA matrix can replace it). Load the result with ``UDVD(scale=2).load_state_dict(out)``.
     """
     converted: dict[str, torch.Tensor] = {}
     unknown = []
@@ -258,4 +275,5 @@ def convert_reference_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
             converted[new] = value
     if unknown:
         raise ValueError(f"not keys of the reference UDVD implementation: {', '.join(sorted(unknown))}")
+    converted["kernel_basis"] = default_kernel_basis()
     return converted

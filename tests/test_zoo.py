@@ -1,0 +1,318 @@
+"""Model zoo: save/load round trips, the registry, the Hugging Face cache path, torch.hub, and every load error."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants as hf_constants
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import udvd_triton
+from udvd_triton import UDVD, list_models
+from udvd_triton.degradation import pca_basis
+from udvd_triton.zoo import CheckpointError, load_registry, model_info
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(scale=2, n_feats=8, n_blocks=1)
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def tiny_model(seed: int = 0, **config) -> UDVD:
+    torch.manual_seed(seed)
+    return UDVD(**{**TINY, **config})
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k].to(sa[k])), k
+
+
+def write_registry(path: Path, entries: list[dict]) -> Path:
+    path.write_text(json.dumps({"format_version": 1, "models": entries}))
+    return path
+
+
+def registry_entry(name: str, weights: Path, **overrides) -> dict:
+    entry = {
+        "name": name,
+        "file": weights.name,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "scale": 2,
+        "config": {**TINY},
+        "training": "test: 0 steps",
+        "license": "MIT",
+    }
+    return {**entry, **overrides}
+
+
+def make_hf_cache(cache: Path, repo_id: str, checkpoint_dir: Path, commit: str = COMMIT) -> None:
+    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/<commit>/<files>}."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(checkpoint_dir, repo / "snapshots" / commit)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> tuple[UDVD, Path]:
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+@pytest.fixture
+def offline_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+# --- round trips ---
+
+
+def test_save_pretrained_writes_hf_layout_with_config_and_basis(checkpoint) -> None:
+    model, path = checkpoint
+    assert {"model.safetensors", "config.json"} <= {p.name for p in path.iterdir()}
+    assert json.loads((path / "config.json").read_text()) == model.config
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["udvd_config"]) == model.config
+        basis = f.get_tensor("kernel_basis")
+    torch.testing.assert_close(basis, torch.as_tensor(pca_basis(), dtype=torch.float32))
+
+
+def test_from_pretrained_directory_and_file(checkpoint) -> None:
+    model, path = checkpoint
+    for source in (path, str(path), path / "model.safetensors"):
+        loaded = UDVD.from_pretrained(source)
+        assert not loaded.training and loaded.config == model.config
+        assert_same_weights(model, loaded)
+
+
+def test_lone_safetensors_file_carries_its_config(checkpoint, tmp_path: Path) -> None:
+    model, path = checkpoint
+    shutil.copy(path / "model.safetensors", tmp_path / "alone.safetensors")
+    assert_same_weights(model, UDVD.from_pretrained(tmp_path / "alone.safetensors"))
+
+
+def test_dtype_and_outputs_after_reload(checkpoint) -> None:
+    model, path = checkpoint
+    half = UDVD.from_pretrained(path, device="cpu", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in half.parameters())
+    x = (torch.rand(1, 3, 5, 4), torch.randn(1, 15, 5, 4), torch.rand(1, 1, 5, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(half(*(t.double() for t in x))[-1].float(), model(*x)[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_custom_kernel_basis_travels_in_the_checkpoint(tmp_path: Path) -> None:
+    model = tiny_model()
+    q, _ = torch.linalg.qr(torch.randn(225, 15, dtype=torch.float64))
+    model.kernel_basis.copy_(q.T)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(UDVD.from_pretrained(tmp_path).kernel_basis, q.T.float())
+
+
+# --- registry ---
+
+
+def test_registry_name_by_argument_and_environment(checkpoint, monkeypatch) -> None:
+    model, path = checkpoint
+    # "file" is relative to the manifest's directory
+    registry = write_registry(path / "reg.json", [registry_entry("tiny-x2", path / "model.safetensors")])
+    assert_same_weights(model, UDVD.from_pretrained("tiny-x2", registry=registry))
+    monkeypatch.setenv("UDVD_REGISTRY", str(registry))
+    assert list_models() == udvd_triton.list_models() == ["tiny-x2"]
+    assert model_info("tiny-x2").training == "test: 0 steps"
+    assert_same_weights(model, UDVD.from_pretrained("tiny-x2", scale=2))
+
+
+def test_bundled_registry_is_valid_and_every_entry_is_reachable(monkeypatch) -> None:
+    monkeypatch.delenv("UDVD_REGISTRY", raising=False)
+    for entry in load_registry().values():
+        assert entry.path.is_file() or entry.hf_repo, entry.name
+        assert entry.config["scale"] == entry.scale
+
+
+def test_unknown_name_lists_models_and_suggests_closest(checkpoint, tmp_path: Path) -> None:
+    _, path = checkpoint
+    registry = write_registry(
+        path / "reg.json",
+        [registry_entry("udvd-x2", path / "model.safetensors"), registry_entry("other", path / "model.safetensors")],
+    )
+    with pytest.raises(ValueError, match=r"unknown model 'udvd-x3'; did you mean 'udvd-x2'\?.*udvd-x2, other"):
+        UDVD.from_pretrained("udvd-x3", registry=registry)
+    empty = write_registry(tmp_path / "empty.json", [])
+    with pytest.raises(ValueError, match="registry is empty"):
+        UDVD.from_pretrained("udvd-x2", registry=empty)
+
+
+def test_registry_checksum_mismatch(checkpoint) -> None:
+    _, path = checkpoint
+    entry = registry_entry("tiny", path / "model.safetensors", sha256="0" * 64)
+    registry = write_registry(path / "reg.json", [entry])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        UDVD.from_pretrained("tiny", registry=registry)
+
+
+def test_registry_missing_file_and_config_mismatch(checkpoint) -> None:
+    _, path = checkpoint
+    registry = write_registry(path / "reg.json", [registry_entry("gone", path / "model.safetensors", file="gone.st")])
+    with pytest.raises(FileNotFoundError, match="gone.st"):
+        UDVD.from_pretrained("gone", registry=registry)
+    wrong = registry_entry("wrong", path / "model.safetensors", config={**TINY, "n_feats": 16})
+    registry = write_registry(path / "reg.json", [wrong])
+    with pytest.raises(CheckpointError, match=r"differs .* in \['n_feats'\]"):
+        UDVD.from_pretrained("wrong", registry=registry)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"sha256": "abc"}, "sha256"),
+        ({"scale": 3}, "scale 3 differs"),
+        ({"extra_field": 1}, "unknown fields"),
+        ({"license": None}, "'license' must be a str"),
+    ],
+)
+def test_invalid_registry_entries(checkpoint, change, match) -> None:
+    _, path = checkpoint
+    registry = write_registry(path / "reg.json", [registry_entry("m", path / "model.safetensors", **change)])
+    with pytest.raises(ValueError, match=match):
+        list_models(registry)
+
+
+# --- Hugging Face cache (offline) ---
+
+
+def test_hf_repo_from_offline_cache(checkpoint, offline_hf_cache: Path) -> None:
+    model, path = checkpoint
+    make_hf_cache(offline_hf_cache, "someone/udvd-tiny", path)
+    for source in ("hf:someone/udvd-tiny", f"hf:someone/udvd-tiny@{COMMIT}", "hf:someone/udvd-tiny@main"):
+        loaded = UDVD.from_pretrained(source)
+        assert not loaded.training
+        assert_same_weights(model, loaded)
+    with pytest.raises(FileNotFoundError, match="someone/absent"):
+        UDVD.from_pretrained("hf:someone/absent")
+    with pytest.raises(ValueError, match="invalid Hugging Face repo"):
+        UDVD.from_pretrained("hf:no-slash")
+
+
+def test_registry_entry_fetched_from_hf_cache_is_verified(checkpoint, offline_hf_cache: Path, tmp_path) -> None:
+    model, path = checkpoint
+    make_hf_cache(offline_hf_cache, "someone/udvd-tiny", path)
+    entry = registry_entry("tiny", path / "model.safetensors", file="model.safetensors", hf_repo="someone/udvd-tiny")
+    registry = write_registry(tmp_path / "reg.json", [entry])  # no model.safetensors beside this manifest
+    assert_same_weights(model, UDVD.from_pretrained("tiny", registry=registry))
+    registry = write_registry(tmp_path / "reg.json", [{**entry, "sha256": "1" * 64}])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        UDVD.from_pretrained("tiny", registry=registry)
+
+
+def test_torch_hub_entry_point(checkpoint) -> None:
+    model, path = checkpoint
+    loaded = torch.hub.load(str(ROOT), "udvd", name=str(path), source="local", trust_repo=True)
+    assert_same_weights(model, loaded)
+    fresh = torch.hub.load(str(ROOT), "udvd", pretrained=False, scale=3, n_feats=8, n_blocks=1, source="local")
+    assert fresh.scale == 3
+    with pytest.raises(CheckpointError, match="x2 model, but x4"):
+        torch.hub.load(str(ROOT), "udvd", name=str(path), scale=4, source="local")
+
+
+# --- errors on bad files ---
+
+
+def test_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        UDVD.from_pretrained(tmp_path / "nothing.safetensors")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        UDVD.from_pretrained(tmp_path)
+
+
+def test_truncated_and_corrupted_files(checkpoint, tmp_path: Path) -> None:
+    _, path = checkpoint
+    data = (path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00\x13garbage" * 100)
+    for name in ("cut.safetensors", "junk.safetensors"):
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint .*{name}"):
+            UDVD.from_pretrained(tmp_path / name)
+
+
+def _save_state(path: Path, state: dict, config: dict) -> Path:
+    save_file(state, str(path), metadata={"format": "pt", "udvd_config": json.dumps(config)})
+    return path
+
+
+def test_missing_extra_and_misshapen_tensors_are_named(tmp_path: Path) -> None:
+    state = {k: v.clone() for k, v in tiny_model().state_dict().items()}
+    state.pop("head.bias")
+    state["tail.weight"] = torch.zeros(2)
+    state["body.0.conv.0.weight"] = torch.zeros(8, 8, 5, 5)
+    state["upsample.feat_kernel.bias"] = state["upsample.feat_kernel.bias"].long()
+    path = _save_state(tmp_path / "bad.safetensors", state, TINY)
+    with pytest.raises(CheckpointError) as info:
+        UDVD.from_pretrained(path)
+    message = str(info.value)
+    for expected in (
+        "missing tensors: head.bias",
+        "unexpected tensors: tail.weight",
+        "body.0.conv.0.weight (8, 8, 5, 5) (model expects (8, 8, 3, 3))",
+        "not floating point: upsample.feat_kernel.bias",
+    ):
+        assert expected in message
+
+
+def test_non_finite_tensors_are_named(tmp_path: Path) -> None:
+    state = dict(tiny_model().state_dict())
+    state["head.weight"] = state["head.weight"].clone()
+    state["head.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or infinite values in: head.weight"):
+        UDVD.from_pretrained(_save_state(tmp_path / "nan.safetensors", state, TINY))
+
+
+def test_config_that_does_not_fit_the_tensors(checkpoint, tmp_path: Path) -> None:
+    _, path = checkpoint
+    state = dict(tiny_model().state_dict())
+    with pytest.raises(CheckpointError, match=r"wrong shapes: head.weight \(8, 19, 3, 3\) \(model expects \(16"):
+        UDVD.from_pretrained(_save_state(tmp_path / "a.safetensors", state, {**TINY, "n_feats": 16}))
+    ud_state = dict(tiny_model(variant="UD").state_dict())
+    with pytest.raises(CheckpointError, match=r"missing tensors: refine.1"):
+        UDVD.from_pretrained(_save_state(tmp_path / "b.safetensors", ud_state, TINY))
+    with pytest.raises(CheckpointError, match="invalid config"):
+        UDVD.from_pretrained(_save_state(tmp_path / "c.safetensors", state, {**TINY, "scale": 5}))
+    with pytest.raises(CheckpointError, match=r"does not take: \['width'\]"):
+        UDVD.from_pretrained(_save_state(tmp_path / "d.safetensors", state, {**TINY, "width": 3}))
+    # config.json beside the file disagrees with the file's metadata
+    (path / "config.json").write_text(json.dumps({**TINY, "n_blocks": 2}))
+    with pytest.raises(CheckpointError, match=r"differs .* in \['n_blocks'\]"):
+        UDVD.from_pretrained(path)
+
+
+def test_no_config_anywhere(tmp_path: Path) -> None:
+    save_file(dict(tiny_model().state_dict()), str(tmp_path / "bare.safetensors"))
+    with pytest.raises(CheckpointError, match="no model config found"):
+        UDVD.from_pretrained(tmp_path / "bare.safetensors")
+
+
+def test_scale_asked_for_must_match(checkpoint) -> None:
+    _, path = checkpoint
+    with pytest.raises(CheckpointError, match="x2 model, but x3 was asked for"):
+        UDVD.from_pretrained(path, scale=3)
+    assert UDVD.from_pretrained(path, scale=2).scale == 2
+
+
+def test_reference_conversion_carries_the_default_basis() -> None:
+    from udvd_triton import convert_reference_state_dict
+
+    sd = {k: v for k, v in UDVD(scale=2).state_dict().items() if k != "kernel_basis"}
+    ref = {k.replace("upsample.", "UpDyConv.").replace("refine.0.", "ComDyConv1.").replace("refine.1.", "ComDyConv2."): v
+           for k, v in sd.items()}
+    converted = convert_reference_state_dict(ref)
+    torch.testing.assert_close(converted["kernel_basis"], torch.as_tensor(pca_basis(), dtype=torch.float32))
