@@ -76,6 +76,15 @@ def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[y : y + th, x : x + tw]
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header without decoding; (0, 0) when PIL cannot read it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # decoded (and reported) later, like every other file
+        return (0, 0)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -144,10 +153,12 @@ def prepare_data(
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
 
-    n_val = (min(max(1, len(files) // 10), len(files) - 1) if len(files) >= 2 else 0) if val_count is None else val_count
-    if not 0 <= n_val < len(files):
-        raise ValueError(f"val_count must be in 0..{len(files) - 1} for {len(files)} images, got {n_val}")
-    val_set = set(np.random.default_rng(seed).permutation(len(files))[:n_val].tolist())
+    # Validation images are drawn among the files whose header says they are at least patch x patch.
+    big = [i for i, path in enumerate(files) if min(_header_size(path)) >= patch]
+    n_val = (min(max(1, len(big) // 10), len(big) - 1) if len(big) >= 2 else 0) if val_count is None else val_count
+    if not 0 <= n_val < max(len(big), 1):
+        raise ValueError(f"val_count must be in 0..{max(len(big) - 1, 0)} for {len(big)} images of at least {patch}px, got {n_val}")
+    val_set = {big[i] for i in np.random.default_rng(seed).permutation(len(big))[:n_val]}
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -161,7 +161,9 @@ def _build_model(cfg: TrainConfig, resume: bool, log: Any) -> tuple[UDVD, dict[s
         if getattr(cfg, field) is None:
             setattr(cfg, field, src_cfg.get(key, MODEL_DEFAULTS[field]))
     kwargs = {k: v for k, v in src_cfg.items() if k not in ("scale", "n_feats", "n_blocks", "variant")}
-    model = UDVD(scale=cfg.scale, n_feats=cfg.channels, n_blocks=cfg.blocks, variant=cfg.variant, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        model = UDVD(scale=cfg.scale, n_feats=cfg.channels, n_blocks=cfg.blocks, variant=cfg.variant, **kwargs)
     report = None
     if source is not None and not resume:
         loaded, reinit = transfer_weights(model, source.state_dict())
@@ -299,6 +301,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                     "ema": ema.state_dict() if ema is not None else None,
                     "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
                     "elapsed_s": elapsed_before + time.monotonic() - t_start,
+                    "log": {"loss_sum": loss_sum.item(), "since": step_log},  # the CSV row in progress
                 },
                 ckpt_path,
             )
@@ -310,8 +313,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
 
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
         t_start = time.monotonic()
-        t_log, step_log = t_start, step
+        t_log, step_log, step_timed = t_start, step, step
         loss_sum = torch.zeros((), device=device)
+        if state is not None:
+            loss_sum.fill_(state["log"]["loss_sum"])
+            step_log = state["log"]["since"]
         stopped_early = False
         postfix: dict[str, str] = {}
         bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=not (is_main and progress))
@@ -351,11 +357,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                         "loss": loss_sum.item() / (step - step_log),
                         "lr": optimizer.param_groups[0]["lr"],
                         "elapsed_s": round(elapsed_before + now - t_start, 3),
-                        "steps_per_s": round((step - step_log) / (now - t_log), 4),
+                        "steps_per_s": round((step - step_timed) / (now - t_log), 4),
                     }
                     postfix.update(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                     loss_sum.zero_()
-                    t_log, step_log = now, step
+                    t_log, step_log, step_timed = now, step, step
                 if is_main and cfg.val_every and val_images and (step % cfg.val_every == 0 or step == cfg.steps):
                     row.update(validate(), step=step)
                     postfix["val_psnr"] = f"{row['val_psnr']:.2f}"
