@@ -312,7 +312,10 @@ def test_reference_conversion_carries_the_default_basis() -> None:
     from udvd_triton import convert_reference_state_dict
 
     sd = {k: v for k, v in UDVD(scale=2).state_dict().items() if k != "kernel_basis"}
-    ref = {k.replace("upsample.", "UpDyConv.").replace("refine.0.", "ComDyConv1.").replace("refine.1.", "ComDyConv2."): v
-           for k, v in sd.items()}
+    prefixes = {"upsample.": "UpDyConv.", "refine.0.": "ComDyConv1.", "refine.1.": "ComDyConv2."}
+    ref = {}
+    for key, value in sd.items():
+        old = next((p for p in prefixes if key.startswith(p)), "")
+        ref[prefixes.get(old, "") + key[len(old):]] = value
     converted = convert_reference_state_dict(ref)
     torch.testing.assert_close(converted["kernel_basis"], torch.as_tensor(pca_basis(), dtype=torch.float32))

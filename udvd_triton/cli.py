@@ -119,9 +119,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     model = UDVD.from_pretrained(args.model, device=device, dtype=dtype)
     out_dir = Path(args.output)
     outputs = _plan_outputs(inputs, out_dir, model.scale, args.overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for src, dst in zip(tqdm(inputs, desc="upscaling", unit="img", disable=args.quiet or None), outputs):
         sr = model.upscale(_open_image(src), blur_sigma=args.sigma, noise_level=args.noise, tile=args.tile)
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once an argument mistake can no longer show up
         sr.save(dst)
     if not args.quiet:
         print(f"wrote {len(outputs)} image(s) to {out_dir}")

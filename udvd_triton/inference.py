@@ -182,7 +182,9 @@ def _forward(model: UDVD, image: torch.Tensor, code: torch.Tensor, noise: float)
     return model(image, code_map, noise_map)[-1]
 
 
-def _run_tiled(model: UDVD, image: torch.Tensor, code: torch.Tensor, noise: float, tile: int, out: torch.Tensor) -> None:
+def _run_tiled(
+    model: UDVD, image: torch.Tensor, code: torch.Tensor, noise: float, tile: int, out: torch.Tensor
+) -> None:
     """Fill ``out`` (N, 3, s*h, s*w) tile by tile; each tile gets ``receptive_radius`` LR pixels of context."""
     s, margin = model.scale, receptive_radius(model.config)
     h, w = image.shape[-2:]

@@ -134,7 +134,7 @@ class CommonDynamicConv(nn.Module):
 
 def default_kernel_basis(code_len: int = 15) -> torch.Tensor:
     """The leading ``code_len`` rows of ``degradation.pca_basis()``: float32 (code_len, 225)."""
-    basis = torch.as_tensor(pca_basis(), dtype=torch.float32)
+    basis = torch.tensor(pca_basis(), dtype=torch.float32)  # copy: the cached basis is read-only
     if not 1 <= code_len <= basis.shape[0]:
         raise ValueError(f"code_len must be in 1..{basis.shape[0]} (rows of the kernel-PCA basis), got {code_len}")
     return basis[:code_len]

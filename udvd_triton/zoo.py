@@ -126,7 +126,8 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
         if not _SHA256.match(raw["sha256"]):
             raise ValueError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
         if raw["config"].get("scale", raw["scale"]) != raw["scale"]:
-            raise ValueError(f"{where} ({name}): scale {raw['scale']} differs from config scale {raw['config']['scale']}")
+            config_scale = raw["config"]["scale"]
+            raise ValueError(f"{where} ({name}): scale {raw['scale']} differs from config scale {config_scale}")
         entries[name] = ModelEntry(**raw, path=(path.parent / raw["file"]).resolve())
     return entries
 
@@ -233,7 +234,9 @@ def _merge_configs(cls: type, where: str, configs: dict[str, dict[str, Any] | No
             continue
         unknown = sorted(set(config) - set(params))
         if unknown:
-            raise CheckpointError(f"{where}: the config from {source} has keys that {cls.__name__} does not take: {unknown}")
+            raise CheckpointError(
+                f"{where}: the config from {source} has keys that {cls.__name__} does not take: {unknown}"
+            )
         full[source] = {**defaults, **config}
     if not full:
         raise CheckpointError(f"{where}: no model config found (no {CONFIG_NAME} and none in the file's metadata)")
@@ -241,14 +244,21 @@ def _merge_configs(cls: type, where: str, configs: dict[str, dict[str, Any] | No
     for source, config in rest:
         if config != first:
             diff = sorted(k for k in first if first[k] != config.get(k))
-            raise CheckpointError(f"{where}: the config from {source} differs from the one from {first_source} in {diff}")
+            raise CheckpointError(
+                f"{where}: the config from {source} differs from the one from {first_source} in {diff}"
+            )
     return first
 
 
 def _hf_download(spec: str, filename: str, required: bool) -> Path | None:
     """A file of ``owner/repo[@revision]`` through the Hugging Face cache (honours HF_HUB_OFFLINE, HF_HUB_CACHE)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo_id, _, revision = spec.partition("@")
     if not _HF_REPO.match(repo_id):
@@ -289,7 +299,8 @@ def _resolve(source: str | os.PathLike[str], registry: str | os.PathLike[str] | 
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in checkpoint directory {path}")
         return _Source(str(path), weights, {str(path / CONFIG_NAME): _read_config_json(path / CONFIG_NAME)})
     if path.is_file():
-        return _Source(str(path), path, {str(path.with_name(CONFIG_NAME)): _read_config_json(path.with_name(CONFIG_NAME))})
+        beside = path.with_name(CONFIG_NAME)
+        return _Source(str(path), path, {str(beside): _read_config_json(beside)})
     if isinstance(source, os.PathLike) or path.suffix == ".safetensors" or os.sep in text or text.startswith("."):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     entry = model_info(text, registry)
@@ -325,7 +336,8 @@ def _check_state(where: str, model: torch.nn.Module, state: dict[str, torch.Tens
     if not_finite:
         problems.append(f"NaN or infinite values in: {', '.join(sorted(not_finite))}")
     if problems:
-        raise CheckpointError(f"{where} does not match its config {dict(model.config)}: " + "; ".join(problems))  # type: ignore[arg-type]
+        config = dict(model.config)  # type: ignore[arg-type]
+        raise CheckpointError(f"{where} does not match its config {config}: " + "; ".join(problems))
 
 
 def load_pretrained(
@@ -412,4 +424,5 @@ class ZooMixin(
         kernel: np.ndarray | torch.Tensor | None = None,
     ) -> Image.Image | np.ndarray | torch.Tensor:
         """Super-resolve ``img``; see ``udvd_triton.inference.upscale`` for the arguments."""
-        return upscale(self, img, blur_sigma=blur_sigma, noise_level=noise_level, tile=tile, kernel=kernel)  # type: ignore[arg-type]
+        model: Any = self
+        return upscale(model, img, blur_sigma=blur_sigma, noise_level=noise_level, tile=tile, kernel=kernel)

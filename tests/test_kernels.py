@@ -1,0 +1,264 @@
+"""The fused Triton dynamic filter against the float64 PyTorch reference.
+
+On a CPU-only machine the kernels run under TRITON_INTERPRET=1 (set by conftest) with small shapes; with CUDA the
+same tests run natively on the GPU, plus the larger ``gpu`` cases at the end.
+"""
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+from udvd_triton import dynamic_filter
+from udvd_triton.kernels import dynamic_filter as df
+from udvd_triton.ops import dynamic_filter_reference, kernel_channels
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# max |error| / max |reference| against float64, per input dtype
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+
+
+def make_inputs(n, c, h, w, s, k, depthwise, dtype=torch.float32, device=DEVICE):
+    x = torch.randn(n, c, h, w, device=device).to(dtype)
+    kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device=device).to(dtype)
+    return x, kern
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref| (ref in float64)."""
+    got = got.detach().to("cpu", torch.float64)
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def reference(x, kern, s, k, depthwise, grad_out):
+    """Forward output and both gradients of the PyTorch reference on float64 CPU copies."""
+    xr = x.detach().to("cpu", torch.float64).requires_grad_()
+    kr = kern.detach().to("cpu", torch.float64).requires_grad_()
+    y = dynamic_filter_reference(xr, kr, s, k, depthwise)
+    dx, dk = torch.autograd.grad(y, (xr, kr), grad_out.detach().to("cpu", torch.float64))
+    return y.detach(), dx, dk
+
+
+def check_against_reference(x, kern, s, k, depthwise, dtype):
+    """Run the op with autograd on (x, kern) and compare output and gradients with the float64 reference."""
+    x, kern = x.requires_grad_(), kern.requires_grad_()
+    y = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="triton")
+    assert y.dtype == dtype and y.shape == (x.shape[0], x.shape[1], s * x.shape[2], s * x.shape[3])
+    grad_out = torch.randn(y.shape, device=y.device).to(dtype)
+    dx, dk = torch.autograd.grad(y, (x, kern), grad_out)
+    assert dx.dtype == dtype and dk.dtype == dtype
+    errs = [rel_err(a, b) for a, b in zip((y, dx, dk), reference(x, kern, s, k, depthwise, grad_out))]
+    assert max(errs) <= TOL[dtype], f"relative errors (y, dx, dk) = {errs}"
+    return errs
+
+
+# A covering set: every k in 1..9 and every s in 1..4 in both modes, with N=1, C=1, odd sizes, H=1, W=1, H != W.
+DEPTHWISE_CASES = [  # (n, c, h, w, s, k)
+    (1, 1, 1, 1, 1, 1),
+    (2, 3, 5, 7, 2, 3),
+    (1, 3, 8, 6, 2, 5),
+    (1, 2, 3, 4, 3, 5),
+    (1, 1, 3, 2, 4, 7),
+    (2, 3, 9, 10, 1, 9),
+    (1, 3, 1, 6, 4, 3),
+    (1, 2, 5, 1, 2, 9),
+    (1, 5, 4, 4, 3, 1),
+]
+FULL_CASES = [
+    (1, 3, 4, 5, 2, 1),
+    (2, 2, 5, 3, 1, 3),
+    (1, 2, 3, 4, 3, 3),
+    (1, 3, 4, 3, 2, 5),
+    (1, 1, 3, 4, 4, 7),
+    (1, 2, 1, 3, 1, 9),
+]
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "s", "k"), DEPTHWISE_CASES)
+def test_depthwise_fp32(n, c, h, w, s, k):
+    check_against_reference(*make_inputs(n, c, h, w, s, k, True), s, k, True, torch.float32)
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "s", "k"), FULL_CASES)
+def test_full_fp32(n, c, h, w, s, k):
+    check_against_reference(*make_inputs(n, c, h, w, s, k, False), s, k, False, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("depthwise", "c", "s", "k"), [(True, 3, 2, 5), (False, 2, 2, 3)])
+def test_half_precision(dtype, depthwise, c, s, k):
+    check_against_reference(*make_inputs(2, c, 5, 6, s, k, depthwise, dtype), s, k, depthwise, dtype)
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_many_programs_with_partial_tiles(monkeypatch, depthwise):
+    """Tiles much smaller than the problem: channel blocks and plane blocks with masked tails, as on a GPU."""
+    monkeypatch.setattr(df, "_tile", lambda channels, plane, max_c, on_gpu: (2, 32, 1))
+    k = 3 if depthwise else 1
+    check_against_reference(*make_inputs(2, 3, 5, 9, 2, k, depthwise), 2, k, depthwise, torch.float32)
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_every_output_element_is_written(depthwise):
+    """NaN-filled, non-contiguous ``out`` buffers: any element the kernels skip stays NaN."""
+    n, c, h, w, s, k = 2, 3, 5, 3, 2, 3
+    x, kern = make_inputs(n, c, h, w, s, k, depthwise)
+    grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE)
+    ref_y, ref_dx, ref_dk = reference(x, kern, s, k, depthwise, grad_out)
+
+    def poisoned(shape):  # a strided view into a larger NaN buffer, last two dims transposed in memory
+        return torch.full((*shape[:2], shape[3], shape[2] + 1), float("nan"), device=DEVICE)[..., :-1].transpose(2, 3)
+
+    y = df.dynamic_filter_forward(x, kern, s, k, depthwise, out=poisoned(ref_y.shape))
+    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, out=poisoned(ref_dx.shape))
+    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, out=poisoned(ref_dk.shape))
+    for got, ref in ((y, ref_y), (dx, ref_dx), (dk, ref_dk)):
+        assert torch.isfinite(got).all()
+        assert rel_err(got, ref) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_non_contiguous_inputs(depthwise):
+    """channels_last and sliced inputs are read through their strides; y.sum() gives a stride-0 grad_out."""
+    n, c, h, w, s, k = 2, 3, 5, 6, 2, 3
+    x = torch.randn(n, c + 2, 2 * h, w, device=DEVICE)[:, 1 : c + 1, ::2]
+    kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device=DEVICE)
+    kern = kern.to(memory_format=torch.channels_last)
+    assert not x.is_contiguous() and not kern.is_contiguous()
+    x.requires_grad_()
+    kern.requires_grad_()
+    y = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="triton")
+    dx, dk = torch.autograd.grad(y.sum(), (x, kern))
+    ref = reference(x, kern, s, k, depthwise, torch.ones(y.shape))
+    errs = [rel_err(a, b) for a, b in zip((y, dx, dk), ref)]
+    assert max(errs) <= TOL[torch.float32], errs
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_gradcheck_float64(depthwise):
+    x, kern = make_inputs(1, 2, 3, 4, 2, 3, depthwise, torch.float64)
+    x.requires_grad_()
+    kern.requires_grad_()
+    fn = lambda a, b: dynamic_filter(a, b, scale=2, kernel_size=3, depthwise=depthwise, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, kern), fast_mode=True)
+
+
+def test_only_requested_gradients_are_computed():
+    x, kern = make_inputs(1, 2, 4, 4, 2, 3, True)
+    y = dynamic_filter(x, kern.requires_grad_(), scale=2, kernel_size=3, backend="triton")
+    (dk,) = torch.autograd.grad(y, (kern,), torch.ones_like(y))
+    assert x.grad is None
+    assert rel_err(dk, reference(x, kern, 2, 3, True, torch.ones(y.shape))[2]) <= TOL[torch.float32]
+
+
+def test_opcheck():
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the custom op."""
+    x, kern = make_inputs(1, 2, 3, 3, 2, 3, True)
+    torch.library.opcheck(
+        torch.ops.udvd_triton.dynamic_filter.default,
+        (x.requires_grad_(), kern.requires_grad_(), 2, 3, True),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
+@pytest.mark.parametrize("huge_dim", ["sample", "channel"])
+def test_int64_offsets_without_allocating(huge_dim):
+    """Sample or channel strides of 2**30+3 elements put data past 2**31 elements (8 GiB of float32) from the
+    base pointer. A sparse memory-mapped file holds them: only the touched pages get memory."""
+    big = 2**30 + 3
+    n, c, h, w, s, k = (3, 2, 4, 5, 2, 3) if huge_dim == "sample" else (1, 3, 4, 5, 2, 3)
+    stride = (big, h * w, w, 1) if huge_dim == "sample" else (0, big, w, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sparse.bin")
+        with open(path, "wb") as f:
+            f.truncate(3 * big * 4)
+        storage = torch.from_file(path, shared=True, size=3 * big, dtype=torch.float32)
+        x = storage.as_strided((n, c, h, w), stride)
+        x.copy_(torch.randn(n, c, h, w))
+        kern = torch.randn(n, kernel_channels(c, s, k, True), h, w)
+        grad_out = torch.randn(n, c, s * h, s * w)
+        ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
+        y = df.dynamic_filter_forward(x, kern, s, k, True)
+        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True)
+        # dx is written through the same huge strides, into storage beside x's
+        dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=storage.as_strided(x.shape, stride, 1000))
+        errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
+        del x, dx, storage
+    assert max(errs) <= TOL[torch.float32], errs
+
+
+def test_bad_out_and_cpu_without_interpreter_raise(monkeypatch):
+    x, kern = make_inputs(1, 3, 4, 4, 2, 5, True)
+    with pytest.raises(ValueError, match="out must be"):
+        df.dynamic_filter_forward(x, kern, 2, 5, True, out=torch.empty(1, 3, 8, 9, device=DEVICE))
+    with pytest.raises(ValueError, match="kernels must have shape"):
+        df.dynamic_filter_triton(x, kern[:, 1:], 2, 5, True)
+    monkeypatch.setattr(df, "_INTERPRET", False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        df.dynamic_filter_triton(x.cpu(), kern.cpu(), 2, 5, True)
+
+
+def test_torch_compile_reference_path_cpu():
+    """torch.compile of a function calling dynamic_filter on CPU (the reference path) matches eager."""
+    x, kern = make_inputs(1, 3, 4, 5, 2, 3, True, device="cpu")
+    fn = lambda a, b: dynamic_filter(a, b, scale=2, kernel_size=3).relu()  # noqa: E731
+    torch.testing.assert_close(torch.compile(fn)(x, kern), fn(x, kern))
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_torch_compile_fullgraph_triton_op(depthwise):
+    """The custom op traces without graph breaks (fullgraph) and its compiled forward and backward match eager."""
+    x, kern = make_inputs(1, 2, 4, 5, 2, 3, depthwise)
+
+    def fn(a, b):
+        return dynamic_filter(a * 2, b, scale=2, kernel_size=3, depthwise=depthwise, backend="triton")
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
+    grads = []
+    for f in (fn, compiled):
+        a, b = x.clone().requires_grad_(), kern.clone().requires_grad_()
+        y = f(a, b)
+        y.square().sum().backward()
+        grads.append((y.detach(), a.grad, b.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+# ---- GPU only -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "c", "h", "w", "s", "k", "depthwise"), [
+    (2, 3, 67, 129, 2, 5, True),
+    (1, 64, 33, 47, 2, 5, True),
+    (1, 3, 45, 31, 4, 9, True),
+    (2, 3, 37, 41, 3, 3, False),
+    (1, 8, 17, 19, 2, 5, False),
+])  # fmt: skip
+def test_gpu_larger_shapes(dtype, n, c, h, w, s, k, depthwise):
+    check_against_reference(*make_inputs(n, c, h, w, s, k, depthwise, dtype), s, k, depthwise, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_backend_uses_triton(monkeypatch):
+    calls = []
+    monkeypatch.setattr(df, "_dynamic_filter_op", lambda *a: calls.append(a) or dynamic_filter_reference(*a))
+    x, kern = make_inputs(1, 3, 8, 8, 2, 5, True)
+    dynamic_filter(x, kern)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_more_than_2_31_elements():
+    """A real fp16 tensor of 2**31 + 2**20 elements: sample bases and in-sample offsets past int32."""
+    h, w = 2**15, 2**16 + 32  # 2**31 + 2**20 elements in one channel plane
+    x = torch.randn(1, 1, h, w, device="cuda", dtype=torch.float16)
+    kern = torch.randn(1, 1, h, w, device="cuda", dtype=torch.float16)
+    y = df.dynamic_filter_forward(x, kern, 1, 1, True)
+    tail = (slice(None), slice(None), slice(h - 3, None), slice(w - 5, None))
+    torch.testing.assert_close(y[tail], x[tail] * kern[tail])
+    assert torch.equal(y[..., :2, :5], x[..., :2, :5] * kern[..., :2, :5])
