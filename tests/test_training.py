@@ -122,8 +122,9 @@ def test_ddp_two_gloo_processes(data, tmp_path):
 
 
 def _y(img):
+    """MATLAB rgb2ycbcr luma of uint8 RGB, rounded to uint8 levels as MATLAB returns it for uint8 input."""
     img = img.astype(np.float64)
-    return 16 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255
+    return np.floor(16 + (65.481 * img[..., 0] + 128.553 * img[..., 1] + 24.966 * img[..., 2]) / 255 + 0.5)
 
 
 def test_eval_table_and_json(tmp_path, capsys):

@@ -58,7 +58,7 @@ def image_files(src: str | os.PathLike[str]) -> list[Path]:
 def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) RGB, EXIF orientation applied, alpha dropped."""
     with Image.open(path) as img:
-        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        return np.array(ImageOps.exif_transpose(img).convert("RGB"))  # writable, unlike np.asarray
 
 
 def _shrink(img: np.ndarray, factor: float) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from udvd_triton.degradation import pca_basis
@@ -129,6 +129,17 @@ def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) ->
     return sorted(matched), sorted(k for k in own if k not in matched)
 
 
+def _ema_avg_fn(decay: float) -> Any:
+    """EMA update with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that the average does
+    not keep the random initial weights for thousands of steps in short runs."""
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(averaged.dtype)
+        return averaged + (current - averaged) * (1 - d)
+
+    return avg
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -173,7 +184,7 @@ def _build_model(cfg: TrainConfig, resume: bool, log: Any) -> tuple[UDVD, dict[s
             log(f"finetune: re-initialised (shape or name differs): {', '.join(reinit)}")
     # The synthesis encodes kernels with degradation.pca_basis(); a model trained with another basis would be fed
     # codes it cannot read.
-    basis = torch.as_tensor(pca_basis()[: model.code_len], dtype=model.kernel_basis.dtype)
+    basis = torch.tensor(pca_basis()[: model.code_len], dtype=model.kernel_basis.dtype)
     if not torch.allclose(model.kernel_basis, basis, atol=1e-6):
         raise ValueError("the model's kernel_basis differs from degradation.pca_basis(): training it is not supported")
     return model, report
@@ -266,7 +277,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         milestones = sorted({max(1, round(f * cfg.steps)) for f in cfg.lr_milestones})
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
+        ema = AveragedModel(model, avg_fn=_ema_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         step, elapsed_before = 0, 0.0
         if state is not None:
             model.load_state_dict(state["model"])
