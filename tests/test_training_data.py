@@ -1,0 +1,156 @@
+"""prepare-data (shards, manifest, errors), the crop sampler, and the degradation synthesis."""
+
+import argparse
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from udvd_triton.degradation import degrade, kernel_code
+from udvd_triton.training.cli import register
+from udvd_triton.training.data import BatchSampler, CropDataset, load_rgb, prepare_data
+from udvd_triton.training.synth import SynthConfig, degrade_batch, random_dihedral, sample_degradations, synthesize
+
+
+def _photo(rng, h, w):
+    """A smooth random RGB image, uint8 (h, w, 3)."""
+    small = rng.random((h // 8 + 2, w // 8 + 2, 3))
+    big = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC))
+    return big
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_photo(rng, 70, 100)).save(src / "a.png")
+    Image.fromarray(_photo(rng, 64, 64)).save(src / "sub" / "b.jpg", quality=95)
+    Image.fromarray(_photo(rng, 50, 90)).save(src / "c.png")
+    Image.fromarray(_photo(rng, 20, 40)).save(src / "tiny.png")  # smaller than the patch
+    (src / "broken.png").write_bytes(b"not an image")
+    (src / "notes.txt").write_text("ignored: not an image suffix")
+    return src
+
+
+def test_prepare_data_shards_match_the_source_pixels(photos, tmp_path):
+    out = tmp_path / "prepared"
+    with pytest.warns(UserWarning, match="broken.png"):
+        manifest = prepare_data(photos, out, patch=32, val_count=1, val_crop=48, shard_crops=3, seed=1, progress=False)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert {s["file"] for s in manifest["skipped"]} == {"broken.png", "tiny.png"}
+    (val_entry,) = manifest["val"]
+    val_src = next(s for s in manifest["sources"] if s["split"] == "val")
+    assert val_entry["source"] == val_src["file"]
+    # Non-overlapping 32px grid: floor(h/32) * floor(w/32) crops per training image.
+    sizes = {"a.png": (70, 100), "sub/b.jpg": (64, 64), "c.png": (50, 90)}
+    expected = {f: (h // 32) * (w // 32) for f, (h, w) in sizes.items() if f != val_src["file"]}
+    assert {s["file"]: s["crops"] for s in manifest["sources"] if s["split"] == "train"} == expected
+    assert manifest["crops"] == sum(expected.values()) == sum(s["crops"] for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
+    # The first crop is the top-left 32x32 of the first training image, read independently with PIL.
+    first = next(s["file"] for s in manifest["sources"] if s["split"] == "train")
+    ds = CropDataset(out, verify=True)
+    np.testing.assert_array_equal(ds.shards[0][0], np.asarray(Image.open(photos / first).convert("RGB"))[:32, :32])
+    # The validation image: a centre crop, sides multiples of 12, at most 48.
+    val = load_rgb(out / val_entry["file"])
+    src = np.asarray(Image.open(photos / val_src["file"]).convert("RGB"))
+    h, w = min(48, src.shape[0]) // 12 * 12, min(48, src.shape[1]) // 12 * 12
+    y, x = (src.shape[0] - h) // 2, (src.shape[1] - w) // 2
+    np.testing.assert_array_equal(val, src[y : y + h, x : x + w])
+    assert not list(tmp_path.glob(".prepared.tmp-*"))  # the temporary folder is gone
+
+
+def test_max_side_downscales_before_cropping(photos, tmp_path):
+    with pytest.warns(UserWarning):
+        manifest = prepare_data(photos, tmp_path / "p", patch=16, max_side=50, val_count=0, progress=False)
+    a = next(s for s in manifest["sources"] if s["file"] == "a.png")
+    assert a["size"] == [100, 70] and max(a["used_size"]) == 50
+    assert a["crops"] == (a["used_size"][1] // 16) * (a["used_size"][0] // 16)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="udvd")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_bad_data_folders_give_clear_errors(photos, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        _cli(["prepare-data", str(tmp_path / "missing"), str(tmp_path / "o1")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match="no image files"):
+        _cli(["prepare-data", str(tmp_path / "empty"), str(tmp_path / "o2")])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no training crops.*smaller than the patch 512"):
+        _cli(["prepare-data", str(photos), str(tmp_path / "o3"), "--patch", "512", "--val", "0", "--quiet"])
+    (tmp_path / "o4").mkdir()
+    (tmp_path / "o4" / "keep").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        _cli(["prepare-data", str(photos), str(tmp_path / "o4")])
+    with pytest.raises(FileNotFoundError, match="prepare-data"):
+        CropDataset(tmp_path / "empty")
+    assert not (tmp_path / "o3").exists()
+
+
+def test_sampler_epochs_and_ranks(photos, tmp_path):
+    with pytest.warns(UserWarning):
+        prepare_data(photos, tmp_path / "p", patch=16, val_count=0, shard_crops=5, progress=False)
+    ds = CropDataset(tmp_path / "p")
+    n = len(ds)
+    ranks = [BatchSampler(ds, batch=3, size=12, seed=5, rank=r, world=2) for r in range(2)]
+    per_epoch = n // 6
+    seen = np.concatenate([s.indices(t) for t in range(per_epoch) for s in ranks])
+    assert len(set(seen.tolist())) == len(seen)  # no crop twice within an epoch, across ranks
+    batch = ranks[0].batch_at(4)
+    assert batch.shape == (3, 12, 12, 3) and batch.dtype == np.uint8
+    np.testing.assert_array_equal(batch, BatchSampler(ds, 3, 12, seed=5, rank=0, world=2).batch_at(4))
+    with pytest.raises(ValueError, match="does not fit"):
+        BatchSampler(ds, 3, 20)
+
+
+def test_degrade_batch_equals_per_sample_numpy_degrade():
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(3, 3, 24, 24, generator=g, dtype=torch.float64)
+    kernels, _ = sample_degradations(3, SynthConfig(3, anisotropic=0.5), g)
+    lr = degrade_batch(hr.float(), kernels, torch.zeros(3), 3, g, quantize=False)
+    for i in range(3):
+        ref = degrade(hr[i].permute(1, 2, 0).numpy(), kernels[i].double().numpy(), 3, 0.0)
+        np.testing.assert_allclose(lr[i].permute(1, 2, 0).numpy(), ref, atol=2e-5)
+
+
+def test_synthesize_noise_quantisation_and_maps():
+    g = torch.Generator().manual_seed(0)
+    crops = torch.full((2, 96, 96, 3), 128, dtype=torch.uint8)
+    cfg = SynthConfig(2, noise_range=(30.0, 30.0), quantize=False, augment=False)
+    b = synthesize(crops, cfg, g)
+    assert b.lr.shape == (2, 3, 48, 48) and b.hr.shape == (2, 3, 96, 96)
+    # A flat image stays flat under blur + bicubic: what remains is the AWGN, sigma 30/255.
+    assert b.lr.sub(128 / 255).std().item() == pytest.approx(30 / 255, rel=0.05)
+    assert torch.all(b.noise_map == 30 / 255) and b.code_map.shape == (2, 15, 48, 48)
+    q = synthesize(crops, SynthConfig(2, augment=False), torch.Generator().manual_seed(1))
+    assert torch.equal(q.lr * 255, (q.lr * 255).round()) and q.lr.min() >= 0 and q.lr.max() <= 1
+    assert q.noise_map.max() <= 75 / 255
+    # The code map is the kernel's PCA code, constant over the image.
+    g2 = torch.Generator().manual_seed(1)
+    kernels, noise = sample_degradations(2, SynthConfig(2), g2)
+    assert torch.allclose(q.code_map[:, :, 5, 7], kernel_code(kernels).float(), atol=1e-6)
+    assert torch.allclose(q.noise_map[:, 0, 0, 0], noise / 255)
+
+
+def test_random_dihedral_picks_one_of_eight_transforms():
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(32, 1, 1, 1)
+    y = random_dihedral(x, torch.Generator().manual_seed(0))
+    found = set()
+    for xi, yi in zip(x[:, 0].numpy(), y[:, 0].numpy()):
+        options = [np.rot90(np.fliplr(xi) if f else xi, r) for f in (0, 1) for r in range(4)]
+        matches = [k for k, o in enumerate(options) if np.array_equal(o, yi)]
+        assert matches
+        found.update(matches)
+    assert len(found) == 8

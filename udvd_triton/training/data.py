@@ -1,0 +1,337 @@
+"""Offline training data: a folder of HR photos -> memory-mappable shards of HR crops + a manifest.
+
+Layout of a prepared folder (``prepare_data``)::
+
+    OUT/manifest.json          sources, settings, shards (crop counts, sha256), validation images, skipped files
+    OUT/shard-00000.npy        uint8 (n, P, P, 3) HR crops, RGB, read with np.load(mmap_mode="r")
+    OUT/val/000_<name>.png     held-out whole images (centre crops), lossless
+
+Training never decodes an image: ``CropDataset`` memory-maps the shards and ``BatchSampler`` gathers random
+sub-crops with numpy slicing. Every batch is a pure function of (seed, rank, step), so a resumed run sees exactly
+the batches the uninterrupted run would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from udvd_triton.degradation import imresize
+
+MANIFEST = "manifest.json"
+FORMAT = "udvd-hr-crops"
+FORMAT_VERSION = 1
+VAL_DIR = "val"
+VAL_MULTIPLE = 12  # validation crops are cut to a multiple of 12, so they divide by every scale (2, 3, 4)
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def image_files(src: str | os.PathLike[str]) -> list[Path]:
+    """All files under ``src`` (recursive, sorted) whose suffix PIL can read.
+
+    Raises FileNotFoundError / NotADirectoryError for a missing or non-folder ``src``, ValueError when it holds no
+    image file.
+    """
+    root = Path(src)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    suffixes = {s.lower() for s in Image.registered_extensions()}
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not found:
+        raise ValueError(f"no image files in {root} (searched recursively for PIL-readable suffixes)")
+    return found
+
+
+def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB, EXIF orientation applied, alpha dropped."""
+    with Image.open(path) as img:
+        return np.array(ImageOps.exif_transpose(img).convert("RGB"))  # writable, unlike np.asarray
+
+
+def _shrink(img: np.ndarray, factor: float) -> np.ndarray:
+    """Bicubic downscale (``imresize``) of a uint8 (H, W, 3) image by ``factor`` < 1, back to uint8."""
+    out = imresize(img.astype(np.float64) / 255.0, factor)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to at most ``size`` (0: the whole image), each side cut to a multiple of ``VAL_MULTIPLE``."""
+    h, w = img.shape[:2]
+    th, tw = (h, w) if size == 0 else (min(size, h), min(size, w))
+    th, tw = th - th % VAL_MULTIPLE, tw - tw % VAL_MULTIPLE
+    y, x = (h - th) // 2, (w - tw) // 2
+    return img[y : y + th, x : x + tw]
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header without decoding; (0, 0) when PIL cannot read it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # decoded (and reported) later, like every other file
+        return (0, 0)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _grid_crops(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
+    h, w = img.shape[:2]
+    for y in range(0, h - patch + 1, stride):
+        for x in range(0, w - patch + 1, stride):
+            yield img[y : y + patch, x : x + patch]
+
+
+def prepare_data(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    patch: int = 192,
+    stride: int | None = None,
+    max_side: int | None = None,
+    jpeg_scale: float = 1.0,
+    val_count: int | None = None,
+    val_crop: int = 480,
+    shard_crops: int = 1024,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cut the photos under ``src`` into HR crops and write them to ``out`` (layout in the module docstring).
+
+    Args:
+        src: folder of HR images (searched recursively, any PIL-readable format).
+        out: output folder; must not exist or be empty unless ``overwrite``.
+        patch: side P of the stored square crops (pixels). Training cuts random sub-crops of s*patch_lr <= P.
+        stride: grid step between crops (default ``patch``: non-overlapping).
+        max_side: downscale (bicubic ``imresize``) images whose longer side exceeds this, before cropping.
+        jpeg_scale: extra downscale factor in (0, 1] for JPEG sources, which shrinks their compression artefacts.
+        val_count: whole images held out for validation (default: a tenth, at least 1 when there are >= 2 images).
+        val_crop: side of the validation centre crops (0: whole images), cut to a multiple of 12.
+        shard_crops: crops per shard file.
+        seed: picks the validation images.
+        overwrite: replace an existing non-empty ``out``.
+        progress: show a tqdm bar.
+
+    Returns the manifest (also written to ``out/manifest.json``). Unreadable files and images smaller than the
+    patch are skipped with a warning and listed under ``skipped``. The result appears atomically: everything is
+    written to a temporary sibling folder that is renamed to ``out`` at the end.
+
+    Raises FileNotFoundError / NotADirectoryError / ValueError (no images, bad settings, nothing usable),
+    FileExistsError (``out`` not empty).
+    """
+    if patch < 8:
+        raise ValueError(f"patch must be >= 8 pixels, got {patch}")
+    stride = patch if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if max_side is not None and max_side < patch:
+        raise ValueError(f"max_side ({max_side}) must be >= patch ({patch})")
+    if not 0 < jpeg_scale <= 1:
+        raise ValueError(f"jpeg_scale must be in (0, 1], got {jpeg_scale}")
+    if val_crop < 0 or shard_crops < 1:
+        raise ValueError(f"need val_crop >= 0 and shard_crops >= 1, got {val_crop} and {shard_crops}")
+    src_root, out_dir = Path(src), Path(out)
+    files = image_files(src_root)
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
+
+    # Validation images are drawn among the files whose header says they are at least patch x patch.
+    big = [i for i, path in enumerate(files) if min(_header_size(path)) >= patch]
+    n_val = (min(max(1, len(big) // 10), len(big) - 1) if len(big) >= 2 else 0) if val_count is None else val_count
+    if not 0 <= n_val < max(len(big), 1):
+        raise ValueError(f"val_count must be in 0..{max(len(big) - 1, 0)} for {len(big)} images of at least {patch}px, got {n_val}")
+    val_set = {big[i] for i in np.random.default_rng(seed).permutation(len(big))[:n_val]}
+
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / VAL_DIR).mkdir(parents=True)
+    sources: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    shards: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
+    buffer: list[np.ndarray] = []
+
+    def flush() -> None:
+        name = f"shard-{len(shards):05d}.npy"
+        np.save(tmp / name, np.stack(buffer))
+        shards.append({"file": name, "crops": len(buffer), "sha256": _sha256(tmp / name)})
+        buffer.clear()
+
+    try:
+        for i, path in enumerate(tqdm(files, desc="prepare-data", unit="img", disable=not progress)):
+            rel = path.relative_to(src_root).as_posix()
+            try:
+                img = load_rgb(path)
+            except Exception as exc:  # PIL raises many types for broken files; skip them all, but say so
+                warnings.warn(f"skipping unreadable image {rel}: {exc}", stacklevel=2)
+                skipped.append({"file": rel, "reason": f"unreadable: {exc}"})
+                continue
+            h0, w0 = img.shape[:2]
+            factor = jpeg_scale if path.suffix.lower() in _JPEG_SUFFIXES else 1.0
+            if max_side is not None:
+                factor = min(factor, max_side / max(h0, w0))
+            if factor < 1:
+                img = _shrink(img, factor)
+            entry = {"file": rel, "size": [w0, h0], "used_size": [img.shape[1], img.shape[0]]}
+            if i in val_set:
+                crop = _centre_crop(img, val_crop)
+                if min(crop.shape[:2]) < VAL_MULTIPLE:
+                    skipped.append({"file": rel, "reason": "too small for a validation image"})
+                    continue
+                name = f"{VAL_DIR}/{len(val):03d}_{path.stem}.png"
+                Image.fromarray(crop).save(tmp / name)
+                val.append({"file": name, "source": rel, "size": [crop.shape[1], crop.shape[0]]})
+                sources.append({**entry, "split": "val", "crops": 0})
+                continue
+            if min(img.shape[:2]) < patch:
+                warnings.warn(f"skipping {rel}: {img.shape[1]}x{img.shape[0]} is smaller than the patch {patch}", stacklevel=2)
+                skipped.append({"file": rel, "reason": f"smaller than the patch ({img.shape[1]}x{img.shape[0]} < {patch})"})
+                continue
+            count = 0
+            for crop in _grid_crops(img, patch, stride):
+                buffer.append(crop)
+                count += 1
+                if len(buffer) == shard_crops:
+                    flush()
+            sources.append({**entry, "split": "train", "crops": count})
+        if buffer:
+            flush()
+        if not shards:
+            raise ValueError(
+                f"no training crops from {src_root}: {len(skipped)} of {len(files)} files skipped "
+                f"(unreadable or smaller than the patch {patch}); see the warnings"
+            )
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "source": str(src_root.resolve()),
+            "patch": patch,
+            "stride": stride,
+            "max_side": max_side,
+            "jpeg_scale": jpeg_scale,
+            "seed": seed,
+            "crops": sum(s["crops"] for s in shards),
+            "shards": shards,
+            "val": val,
+            "sources": sources,
+            "skipped": skipped,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if skipped:
+        warnings.warn(f"prepare-data skipped {len(skipped)} of {len(files)} files (listed in the manifest)", stacklevel=2)
+    return manifest
+
+
+class CropDataset:
+    """The HR crops of a folder written by ``prepare_data``, memory-mapped (nothing is read until gathered).
+
+    ``verify=True`` checks every shard's sha256 against the manifest (reads all the data once).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], verify: bool = False) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"no {MANIFEST} in {self.root}: prepare the data with `udvd prepare-data`")
+        try:
+            self.manifest: dict[str, Any] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path} is not a manifest of format {FORMAT} version {FORMAT_VERSION}")
+        self.patch: int = self.manifest["patch"]
+        self.shards: list[np.ndarray] = []
+        for shard in self.manifest["shards"]:
+            file = self.root / shard["file"]
+            if not file.is_file():
+                raise FileNotFoundError(f"shard {file} listed in the manifest is missing")
+            if verify and _sha256(file) != shard["sha256"]:
+                raise ValueError(f"shard {file} does not match its sha256 in the manifest (corrupted?)")
+            arr = np.load(file, mmap_mode="r")
+            if arr.dtype != np.uint8 or arr.shape != (shard["crops"], self.patch, self.patch, 3):
+                raise ValueError(f"shard {file} holds {arr.dtype} {arr.shape}, expected uint8 ({shard['crops']}, {self.patch}, {self.patch}, 3)")
+            self.shards.append(arr)
+        counts = np.array([len(s) for s in self.shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        if self._starts[-1] == 0:
+            raise ValueError(f"{self.root} holds no training crops")
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def gather(self, indices: np.ndarray, size: int, offsets: np.ndarray) -> np.ndarray:
+        """Crops ``indices`` (B,), each cut to ``size`` x ``size`` at ``offsets`` (B, 2) (y, x): uint8 (B, size, size, 3)."""
+        shard = np.searchsorted(self._starts, indices, side="right") - 1
+        local = indices - self._starts[shard]
+        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        for j, (s, i, (y, x)) in enumerate(zip(shard, local, offsets)):
+            out[j] = self.shards[s][i, y : y + size, x : x + size]
+        return out
+
+    def val_images(self) -> list[tuple[str, np.ndarray]]:
+        """The held-out validation images as (name, uint8 (H, W, 3))."""
+        return [(Path(v["file"]).stem, load_rgb(self.root / v["file"])) for v in self.manifest["val"]]
+
+
+@dataclass
+class BatchSampler:
+    """Random HR training crops for one rank: ``batch(step)`` -> uint8 (batch, size, size, 3).
+
+    Crops are visited epoch by epoch in a seeded permutation shared by all ranks; the global batch of a step is
+    split across ranks (rank r takes its ``batch`` consecutive positions), so ranks never see the same crop in a
+    step. The sub-crop offsets come from a generator seeded with (seed, step, rank).
+    """
+
+    dataset: CropDataset
+    batch: int
+    size: int
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.size <= self.dataset.patch:
+            raise ValueError(
+                f"HR training patch {self.size} does not fit the stored {self.dataset.patch}px crops "
+                f"(use a smaller --patch or prepare the data with a larger one)"
+            )
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        n = len(self.dataset)
+        pos = (step * self.world + self.rank) * self.batch + np.arange(self.batch, dtype=np.int64)
+        return np.array([self._perm(int(p // n))[p % n] for p in pos], dtype=np.int64)
+
+    def batch_at(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step, self.rank, 1])
+        offsets = rng.integers(0, self.dataset.patch - self.size + 1, size=(self.batch, 2))
+        return self.dataset.gather(self.indices(step), self.size, offsets)
