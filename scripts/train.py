@@ -6,7 +6,7 @@ Under torchrun for several processes: `torchrun --nproc_per_node 2 scripts/train
 
 import sys
 
-from udvd_triton.training.cli import run
+from udvd_triton.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", *sys.argv[1:]]))

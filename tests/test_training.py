@@ -1,6 +1,5 @@
 """Training loop (overfit, exact resume, fine-tune across scales, DDP under torchrun) and the eval command."""
 
-import argparse
 import csv
 import json
 import os
@@ -16,7 +15,7 @@ from safetensors.torch import load_file
 
 from udvd_triton import UDVD, multistage_l1_loss
 from udvd_triton.degradation import imresize
-from udvd_triton.training.cli import register
+from udvd_triton.cli import run_command
 from udvd_triton.training.data import prepare_data
 from udvd_triton.training.evaluate import degraded_input
 from udvd_triton.training.synth import SynthConfig, synthesize
@@ -24,12 +23,6 @@ from udvd_triton.training.trainer import TrainConfig, train
 
 TINY = ["--channels", "8", "--blocks", "1", "--batch", "4", "--patch", "12", "--quiet"]
 
-
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="udvd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +60,11 @@ def test_tiny_model_overfits_one_batch():
 
 def test_resume_reproduces_the_uninterrupted_run_bit_exactly(data, tmp_path):
     common = ["--data", str(data), "--steps", "6", "--ema", "0.9", "--val-every", "3", "--log-every", "2", *TINY]
-    assert _cli(["train", "--out", str(tmp_path / "a"), *common]) == 0
+    assert run_command(["train", "--out", str(tmp_path / "a"), *common]) == 0
     # --max-minutes tiny: the run stops after its first step, with a checkpoint (and a final/ of that step).
-    _cli(["train", "--out", str(tmp_path / "b"), *common, "--max-minutes", "1e-9"])
+    run_command(["train", "--out", str(tmp_path / "b"), *common, "--max-minutes", "1e-9"])
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 1
-    _cli(["train", "--out", str(tmp_path / "b"), *common, "--resume"])
+    run_command(["train", "--out", str(tmp_path / "b"), *common, "--resume"])
     a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
     assert a.keys() == b.keys()
     for k in a:
@@ -90,7 +83,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(data, tmp_path):
 def test_finetune_x3_from_x2_loads_the_matching_tensors(data, tmp_path):
     src = UDVD(2, n_feats=8, n_blocks=1)
     src.save_pretrained(tmp_path / "x2")
-    _cli(["finetune", "--from", str(tmp_path / "x2"), "--scale", "3", "--data", str(data), "--out", str(tmp_path / "ft"),
+    run_command(["finetune", "--from", str(tmp_path / "x2"), "--scale", "3", "--data", str(data), "--out", str(tmp_path / "ft"),
           "--steps", "1", "--val-every", "0", "--patch", "12", "--batch", "2", "--quiet"])
     report = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     s2, s3 = UDVD(2, 8, 1).state_dict(), UDVD(3, 8, 1).state_dict()
@@ -135,7 +128,7 @@ def test_eval_table_and_json(tmp_path, capsys):
     Image.fromarray(skimage.data.chelsea()[100:160, 150:222]).save(images / "cat.png")
     Image.fromarray(skimage.data.coffee()[:50, :64]).save(images / "cup.png")
     UDVD(2, n_feats=8, n_blocks=1).save_pretrained(tmp_path / "m")
-    _cli(["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "0.5", "1.5", "--noise", "0", "10",
+    run_command(["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "0.5", "1.5", "--noise", "0", "10",
           "--json", str(tmp_path / "r.json"), "--quiet"])
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith("| blur sigma | noise |") and len(table) == 2 + 4

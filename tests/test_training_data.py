@@ -1,6 +1,5 @@
 """prepare-data (shards, manifest, errors), the crop sampler, and the degradation synthesis."""
 
-import argparse
 import hashlib
 import json
 
@@ -10,7 +9,7 @@ import torch
 from PIL import Image
 
 from udvd_triton.degradation import degrade, kernel_code
-from udvd_triton.training.cli import register
+from udvd_triton.cli import run_command
 from udvd_triton.training.data import BatchSampler, CropDataset, load_rgb, prepare_data
 from udvd_triton.training.synth import SynthConfig, degrade_batch, random_dihedral, sample_degradations, synthesize
 
@@ -74,26 +73,20 @@ def test_max_side_downscales_before_cropping(photos, tmp_path):
     assert a["crops"] == (a["used_size"][1] // 16) * (a["used_size"][0] // 16)
 
 
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="udvd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
 
 def test_bad_data_folders_give_clear_errors(photos, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        _cli(["prepare-data", str(tmp_path / "missing"), str(tmp_path / "o1")])
+        run_command(["prepare-data", str(tmp_path / "missing"), str(tmp_path / "o1")])
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no image files"):
-        _cli(["prepare-data", str(tmp_path / "empty"), str(tmp_path / "o2")])
+        run_command(["prepare-data", str(tmp_path / "empty"), str(tmp_path / "o2")])
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no training crops.*smaller than the patch 512"):
-        _cli(["prepare-data", str(photos), str(tmp_path / "o3"), "--patch", "512", "--val", "0", "--quiet"])
+        run_command(["prepare-data", str(photos), str(tmp_path / "o3"), "--patch", "512", "--val", "0", "--quiet"])
     (tmp_path / "o4").mkdir()
     (tmp_path / "o4" / "keep").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
-        _cli(["prepare-data", str(photos), str(tmp_path / "o4")])
+        run_command(["prepare-data", str(photos), str(tmp_path / "o4")])
     with pytest.raises(FileNotFoundError, match="prepare-data"):
         CropDataset(tmp_path / "empty")
     assert not (tmp_path / "o3").exists()

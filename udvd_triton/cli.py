@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from udvd_triton.inference import DEFAULT_BLUR_SIGMA
+from udvd_triton.training import cli as training_cli
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
@@ -174,7 +175,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_models)
 
 
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register]
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register, training_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     for register_group in COMMAND_GROUPS:
         register_group(subparsers)
     return parser
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run the sub-command, letting its exceptions through (for scripts and tests)."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

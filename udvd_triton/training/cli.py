@@ -178,11 +178,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_eval)
-
-
-def run(argv: list[str]) -> int:
-    """Parse ``argv`` (a sub-command of this group and its options) and run it; used by ``scripts/train.py``."""
-    parser = argparse.ArgumentParser(prog="udvd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
