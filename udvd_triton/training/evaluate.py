@@ -35,8 +35,10 @@ def default_sigmas(scale: int) -> tuple[float, float, float]:
 
 def default_images() -> list[tuple[str, np.ndarray]]:
     """The scikit-image sample photos ``DEFAULT_IMAGES`` as (name, uint8 (H, W, 3)); they ship with the wheel."""
-    import skimage.data
-
+    try:
+        import skimage.data
+    except ModuleNotFoundError as e:  # an optional dependency (the "test" extra)
+        raise ValueError("the default eval images ship with scikit-image: pip install scikit-image, or pass --images DIR") from e
     return [(name, getattr(skimage.data, name)()) for name in DEFAULT_IMAGES]
 
 
