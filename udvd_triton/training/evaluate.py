@@ -38,7 +38,9 @@ def default_images() -> list[tuple[str, np.ndarray]]:
     try:
         import skimage.data
     except ModuleNotFoundError as e:  # an optional dependency (the "test" extra)
-        raise ValueError("the default eval images ship with scikit-image: pip install scikit-image, or pass --images DIR") from e
+        raise ValueError(
+            "the default eval images ship with scikit-image: pip install scikit-image, or pass --images DIR"
+        ) from e
     return [(name, getattr(skimage.data, name)()) for name in DEFAULT_IMAGES]
 
 
