@@ -147,3 +147,13 @@ def test_random_dihedral_picks_one_of_eight_transforms():
         assert matches
         found.update(matches)
     assert len(found) == 8
+
+
+def test_clean_fraction_draws_noise_free_samples():
+    g = torch.Generator().manual_seed(0)
+    _, noise = sample_degradations(4000, SynthConfig(2, noise_range=(10.0, 75.0), clean_fraction=0.3), g)
+    clean = (noise == 0).float().mean().item()
+    assert clean == pytest.approx(0.3, abs=0.03)
+    assert noise[noise > 0].min() >= 10.0  # the others keep the noise range
+    with pytest.raises(ValueError, match="clean_fraction"):
+        SynthConfig(2, clean_fraction=1.5)

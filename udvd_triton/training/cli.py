@@ -57,6 +57,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         ema=args.ema,
         loss_weights=tuple(args.loss_weights) if args.loss_weights else None,
         anisotropic=args.anisotropic,
+        clean_fraction=args.clean_fraction,
         noise_max=args.noise_max,
         quantize=not args.no_quantize,
         augment=not args.no_augment,
@@ -126,6 +127,7 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights, 0 = off (default 0; e.g. 0.999)")
     p.add_argument("--loss-weights", type=float, nargs="+", metavar="W", help="multi-stage L1 weights (default all 1)")
     p.add_argument("--anisotropic", type=float, default=0.0, help="fraction of anisotropic blur kernels (default 0)")
+    p.add_argument("--clean-fraction", type=float, default=0.0, help="fraction of noise-free samples (default 0)")
     p.add_argument("--noise-max", type=float, default=75.0, help="max AWGN sigma, 0..255 scale (default 75)")
     p.add_argument("--no-quantize", action="store_true", help="keep the LR in float instead of rounding it to 8 bits")
     p.add_argument("--no-augment", action="store_true", help="no random flips / 90-degree rotations")

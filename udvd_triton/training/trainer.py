@@ -78,6 +78,7 @@ class TrainConfig:
     ema: float = 0.0
     loss_weights: tuple[float, ...] | None = None
     anisotropic: float = 0.0
+    clean_fraction: float = 0.0
     noise_max: float = 75.0
     quantize: bool = True
     augment: bool = True
@@ -261,7 +262,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         model, finetune_report = _build_model(cfg, resume, log)
         sampler = BatchSampler(dataset, cfg.batch, cfg.scale * cfg.patch, cfg.seed, rank, world)
         synth = SynthConfig(
-            cfg.scale, anisotropic=cfg.anisotropic, noise_range=(0.0, cfg.noise_max), quantize=cfg.quantize, augment=cfg.augment
+            cfg.scale,
+            anisotropic=cfg.anisotropic,
+            clean_fraction=cfg.clean_fraction,
+            noise_range=(0.0, cfg.noise_max),
+            quantize=cfg.quantize,
+            augment=cfg.augment,
         )
         val_images = dataset.val_images() if is_main and cfg.val_every else []
         val_sigma = cfg.val_sigma if cfg.val_sigma is not None else round(sum(SIGMA_RANGES[cfg.scale]) / 2, 3)
