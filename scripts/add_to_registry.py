@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Add a trained model to the bundled registry: copy its weights into weights/ and write its manifest entry.
+
+    python scripts/add_to_registry.py runs/x2/final udvd-x2 --training "..." --license MIT [--description ...]
+
+The checkpoint is loaded with ``UDVD.from_pretrained`` first (so only a valid, complete checkpoint gets in), its
+``model.safetensors`` is copied to ``weights/<name>.safetensors``, and the entry (file, sha256, scale, config,
+training summary, license) replaces any entry of that name in ``weights/registry.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from udvd_triton import UDVD
+from udvd_triton.zoo import WEIGHTS_NAME, sha256_file
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. RUN_DIR/final)")
+    parser.add_argument("name", help="registry name, e.g. udvd-x2")
+    parser.add_argument("--training", required=True, help="one-line training summary")
+    parser.add_argument("--license", required=True)
+    parser.add_argument("--description", default="")
+    args = parser.parse_args()
+
+    model = UDVD.from_pretrained(args.checkpoint)
+    target = WEIGHTS / f"{args.name}.safetensors"
+    shutil.copyfile(args.checkpoint / WEIGHTS_NAME, target)
+    entry = {
+        "name": args.name,
+        "file": target.name,
+        "sha256": sha256_file(target),
+        "scale": model.config["scale"],
+        "config": model.config,
+        "training": args.training,
+        "license": args.license,
+    }
+    if args.description:
+        entry["description"] = args.description
+    manifest_path = WEIGHTS / "registry.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["models"] = [m for m in manifest["models"] if m["name"] != args.name] + [entry]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{args.name}: {target} ({target.stat().st_size / 1e6:.2f} MB, sha256 {entry['sha256']})")
+
+
+if __name__ == "__main__":
+    main()
