@@ -41,6 +41,27 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
+def _program_run(plane, n_blocks, BLOCK: tl.constexpr, IDX: tl.constexpr):
+    """Decode the flat grid (axis 0 = sample, channel block, run of the flattened plane, fastest last): returns
+    the sample ``n`` (int64), the channel block, the run's plane indices ``r`` [BLOCK] and their mask."""
+    n_r = tl.cdiv(plane, BLOCK)
+    pid = tl.program_id(0)
+    rest = pid // n_r
+    r = tl.cast(pid % n_r, IDX) * BLOCK + tl.arange(0, BLOCK)
+    return tl.cast(rest // n_blocks, tl.int64), rest % n_blocks, r, r < plane
+
+
+@triton.jit
+def _tap(h, w, t, mask, H, W, K: tl.constexpr, SIGN: tl.constexpr):
+    """Row / column h + SIGN*(dy - P), w + SIGN*(dx - P) of tap t = dx*K + dy, and whether it lies in the image
+    (SIGN = 1: the input pixel a tap reads; SIGN = -1: the LR pixel whose tap t reads (h, w))."""
+    P: tl.constexpr = (K - 1) // 2
+    yy = h + SIGN * ((t % K) - P)
+    xx = w + SIGN * ((t // K) - P)
+    return yy, xx, mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+
+
+@triton.jit
 def _dynamic_filter_fwd_kernel(
     x_ptr, k_ptr, y_ptr,
     C, H, W,
@@ -50,20 +71,9 @@ def _dynamic_filter_fwd_kernel(
     K: tl.constexpr, S: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    P: tl.constexpr = (K - 1) // 2
     OW = S * W
-    plane = tl.cast(S * H, IDX) * OW
-    n_q = tl.cdiv(plane, BLOCK_Q)
-    n_c = tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    pid_q = pid % n_q
-    rest = pid // n_q
-    cb = rest % n_c
-    n = tl.cast(rest // n_c, tl.int64)
-
     # BLOCK_Q consecutive elements of the pixel-shuffled output plane: HR row oh = s*h+i, column q = s*w+j
-    r = tl.cast(pid_q, IDX) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    r_mask = r < plane
+    n, cb, r, r_mask = _program_run(tl.cast(S * H, IDX) * OW, tl.cdiv(C, BLOCK_C), BLOCK_Q, IDX)
     oh = r // OW
     q = r % OW
     h = oh // S
@@ -80,9 +90,7 @@ def _dynamic_filter_fwd_kernel(
         # the pixel's weight of each tap is loaded once and applied to the whole channel block
         x_chan = x_base + (ci_off * sxc)[:, None]
         for t in range(K * K):
-            yy = h + (t % K) - P
-            xx = w + (t // K) - P
-            valid = r_mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
             wt = tl.load(k_pix + tl.cast(t * S * S, IDX) * skc, mask=r_mask, other=0.0).to(ACC)
             xv = tl.load(x_chan + (yy * sxh + xx * sxw)[None, :], mask=c_mask[:, None] & valid[None, :], other=0.0)
             acc += xv.to(ACC) * wt[None, :]
@@ -93,9 +101,7 @@ def _dynamic_filter_fwd_kernel(
         for ci in range(C):
             x_chan = x_base + tl.cast(ci, IDX) * sxc
             for t in range(K * K):
-                yy = h + (t % K) - P
-                xx = w + (t // K) - P
-                valid = r_mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
                 xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
                 wt = tl.load(k_out + tl.cast((ci * K * K + t) * C * S * S, IDX) * skc, mask=kq_mask, other=0.0)
                 acc += xv[None, :] * wt.to(ACC)
@@ -116,18 +122,7 @@ def _dynamic_filter_dx_kernel(
 ):
     # dx[n, c, y, x] = sum_{t, i, j} g[n, c|o, S*h+i, S*w+j] * K[n, ., h, w] with (h, w) = (y - dy + P, x - dx + P):
     # each program owns its dx elements and gathers their contributions, so no atomics are needed
-    P: tl.constexpr = (K - 1) // 2
-    plane = tl.cast(H, IDX) * W
-    n_x = tl.cdiv(plane, BLOCK_X)
-    n_c = tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    pid_x = pid % n_x
-    rest = pid // n_x
-    cb = rest % n_c
-    n = tl.cast(rest // n_c, tl.int64)
-
-    r = tl.cast(pid_x, IDX) * BLOCK_X + tl.arange(0, BLOCK_X)
-    r_mask = r < plane
+    n, cb, r, r_mask = _program_run(tl.cast(H, IDX) * W, tl.cdiv(C, BLOCK_C), BLOCK_X, IDX)
     y = r // W
     x = r % W
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -139,9 +134,7 @@ def _dynamic_filter_dx_kernel(
     if DEPTHWISE:
         g_chan = g_base + (ci_off * sgc)[:, None]
         for t in range(K * K):
-            h = y - (t % K) + P
-            w = x - (t // K) + P
-            valid = r_mask & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            h, w, valid = _tap(y, x, t, r_mask, H, W, K, -1)
             gv_mask = c_mask[:, None] & valid[None, :]
             k_pix = k_base + (h * skh + w * skw) + tl.cast(t * S * S, IDX) * skc
             for i in tl.static_range(S):
@@ -156,9 +149,7 @@ def _dynamic_filter_dx_kernel(
         for o in range(C):
             g_chan = g_base + tl.cast(o, IDX) * sgc
             for t in range(K * K):
-                h = y - (t % K) + P
-                w = x - (t // K) + P
-                valid = r_mask & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+                h, w, valid = _tap(y, x, t, r_mask, H, W, K, -1)
                 wk_mask = c_mask[:, None] & valid[None, :]
                 k_pix = k_in + (h * skh + w * skw)[None, :] + tl.cast((t * C + o) * S * S, IDX) * skc
                 for i in tl.static_range(S):
@@ -183,18 +174,7 @@ def _dynamic_filter_dk_kernel(
 ):
     # depthwise: dK[n, t*S*S+i*S+j, h, w] = sum_c x[n, c, h+dy-P, w+dx-P] * g[n, c, S*h+i, S*w+j]
     # full:      dK[n, ((c*K*K+t)*C+o)*S*S+i*S+j, h, w] = x[n, c, h+dy-P, w+dx-P] * g[n, o, S*h+i, S*w+j]
-    P: tl.constexpr = (K - 1) // 2
-    plane = tl.cast(H, IDX) * W
-    n_r = tl.cdiv(plane, BLOCK_W)
-    n_c = 1 if DEPTHWISE else tl.cdiv(C, BLOCK_C)
-    pid = tl.program_id(0)
-    pid_r = pid % n_r
-    rest = pid // n_r
-    ob = rest % n_c
-    n = tl.cast(rest // n_c, tl.int64)
-
-    r = tl.cast(pid_r, IDX) * BLOCK_W + tl.arange(0, BLOCK_W)
-    r_mask = r < plane
+    n, ob, r, r_mask = _program_run(tl.cast(H, IDX) * W, 1 if DEPTHWISE else tl.cdiv(C, BLOCK_C), BLOCK_W, IDX)
     h = r // W
     w = r % W
     x_base = x_ptr + n * sxn
@@ -207,9 +187,7 @@ def _dynamic_filter_dk_kernel(
             for j in tl.static_range(S):
                 g_pix = g_base + (S * h + i) * sgh + (S * w + j) * sgw
                 for t in range(K * K):
-                    yy = h + (t % K) - P
-                    xx = w + (t // K) - P
-                    valid = r_mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                    yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
                     x_pix = x_base + yy * sxh + xx * sxw
                     acc = tl.zeros([BLOCK_W], dtype=ACC)
                     for c0 in range(0, C, BLOCK_C):
@@ -239,9 +217,7 @@ def _dynamic_filter_dk_kernel(
                 for ci in range(C):
                     x_chan = x_base + tl.cast(ci, IDX) * sxc
                     for t in range(K * K):
-                        yy = h + (t % K) - P
-                        xx = w + (t // K) - P
-                        valid = r_mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                        yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
                         xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
                         ch = tl.cast((ci * K * K + t) * C * S * S + i * S + j, IDX)
                         tl.store(d_out + ch * sdc, (gv * xv[None, :]).to(dk_ptr.dtype.element_ty), mask=ow_mask)
