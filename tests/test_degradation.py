@@ -329,3 +329,20 @@ def test_degrade_on_cuda_matches_cpu():
     np.testing.assert_allclose(out.cpu().numpy(), D.degrade(x.cpu(), ks.cpu(), 4, 0.0).numpy(), atol=1e-12)
     code_map, _ = D.degradation_maps(ks, torch.full((4,), 5.0, device="cuda"), 12)
     assert code_map.device.type == "cuda"
+
+
+def test_kernel_code_with_another_basis():
+    """A model trained with another basis (its ``kernel_basis``) encodes kernels with that basis."""
+    rng = np.random.default_rng(7)
+    basis = rng.standard_normal((10, 225))
+    k = D.isotropic_gaussian(15, 1.3)
+    np.testing.assert_allclose(D.kernel_code(k, basis), basis @ k.ravel(), rtol=1e-12)
+    kt = torch.from_numpy(np.stack([k, D.anisotropic_gaussian(15, 0.3, 2.0, 5.0)]))
+    got = D.kernel_code(kt, torch.from_numpy(basis))
+    torch.testing.assert_close(got, kt.flatten(1) @ torch.from_numpy(basis).T)
+    small = rng.standard_normal((4, 49))
+    assert D.kernel_code(D.isotropic_gaussian(7, 1.0), small).shape == (4,)
+    with pytest.raises(ValueError, match="to match the PCA basis"):
+        D.kernel_code(k, small)
+    with pytest.raises(ValueError, match="basis must be"):
+        D.kernel_code(k, rng.standard_normal((4, 50)))

@@ -369,27 +369,33 @@ def pca_basis() -> np.ndarray:
     return basis
 
 
-def kernel_code(kernel: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """SRMD kernel code ``P @ kernel.ravel()`` with P = :func:`pca_basis`.
+def kernel_code(
+    kernel: np.ndarray | torch.Tensor, basis: np.ndarray | torch.Tensor | None = None
+) -> np.ndarray | torch.Tensor:
+    """SRMD kernel code ``P @ kernel.ravel()`` with P = ``basis``, by default :func:`pca_basis`.
 
     Args:
-        kernel: numpy (15, 15), or torch (15, 15) / (N, 15, 15) on any device; each kernel sums to 1.
+        kernel: numpy (k, k), or torch (k, k) / (N, k, k) on any device; each kernel sums to 1.
+        basis: (code_len, k*k) projection, e.g. the ``kernel_basis`` a model was trained with; k = 15 by default.
 
     Returns:
-        numpy (15,) float64, or torch (15,) / (N, 15) in the kernel's dtype and on its device.
+        numpy (code_len,) float64, or torch (code_len,) / (N, code_len) in the kernel's dtype and on its device.
     """
     if isinstance(kernel, np.ndarray):
-        return kernel_code(torch.from_numpy(np.asarray(kernel, dtype=np.float64))).numpy()
+        return kernel_code(torch.from_numpy(np.asarray(kernel, dtype=np.float64)), basis).numpy()
     if not isinstance(kernel, torch.Tensor):
         raise ValueError(f"kernel must be a numpy array or torch tensor, got {type(kernel).__name__}")
-    if kernel.dim() not in (2, 3) or kernel.shape[-2:] != (KERNEL_SIZE, KERNEL_SIZE):
+    p = basis if isinstance(basis, torch.Tensor) else torch.tensor(pca_basis() if basis is None else basis)
+    size = math.isqrt(p.shape[-1])
+    if p.dim() != 2 or size * size != p.shape[-1]:
+        raise ValueError(f"basis must be (code_len, k*k), got shape {tuple(p.shape)}")
+    if kernel.dim() not in (2, 3) or kernel.shape[-2:] != (size, size):
         raise ValueError(
-            f"kernel must be ({KERNEL_SIZE}, {KERNEL_SIZE}) or (N, {KERNEL_SIZE}, {KERNEL_SIZE}) to match the PCA "
-            f"basis, got shape {tuple(kernel.shape)}"
+            f"kernel must be ({size}, {size}) or (N, {size}, {size}) to match the PCA basis, "
+            f"got shape {tuple(kernel.shape)}"
         )
     _check_kernels(kernel)
-    p = torch.tensor(pca_basis(), device=kernel.device, dtype=kernel.dtype)
-    return kernel.flatten(-2) @ p.T
+    return kernel.flatten(-2) @ p.to(device=kernel.device, dtype=kernel.dtype).T
 
 
 # --------------------------------------------------------------------------------------------------- maps

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from udvd_triton.degradation import imresize, isotropic_gaussian
+from udvd_triton.degradation import imresize, isotropic_gaussian, kernel_code
 
 if TYPE_CHECKING:
     from udvd_triton.model import UDVD
@@ -149,7 +149,7 @@ def _from_batch(rgb: torch.Tensor, alpha: torch.Tensor | None, restore: _Restore
 
 
 def _blur_kernel(model: UDVD, blur_sigma: float, kernel: np.ndarray | torch.Tensor | None) -> torch.Tensor:
-    """The model's code for the blur, float64 (code_len,): ``kernel_basis @ kernel.ravel()``, kernel summing to 1."""
+    """The model's code for the blur, float64 (code_len,): ``kernel_code`` with the model's own ``kernel_basis``."""
     basis = model.kernel_basis.detach().double().cpu()
     size = math.isqrt(basis.shape[1])
     if kernel is None:
@@ -163,8 +163,8 @@ def _blur_kernel(model: UDVD, blur_sigma: float, kernel: np.ndarray | torch.Tens
             raise ValueError(f"kernel must be ({size}, {size}) like the model's kernel basis, got {tuple(k.shape)}")
         if not torch.isfinite(k).all() or k.sum() <= 0:
             raise ValueError("kernel must be finite with a positive sum")
-        k = k / k.sum()
-    return basis @ k.flatten()
+        k = k / k.sum()  # a user kernel need not be normalised; kernel_code requires a sum of 1
+    return kernel_code(k, basis)
 
 
 def _check_noise(noise_level: float | str) -> float | None:
