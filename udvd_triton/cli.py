@@ -3,7 +3,7 @@
 Command groups add their sub-commands with a ``register(subparsers)`` function (listed in ``COMMAND_GROUPS``);
 each sub-command sets ``handler``, a function of the parsed arguments returning the exit code. Error policy:
 a handler raises one of ``USER_ERRORS`` (ValueError, including ``zoo.CheckpointError``, FileNotFoundError,
-FileExistsError, ...) for a user mistake; ``main`` prints it as one line ``udvd: error: ...`` and returns 2,
+FileExistsError, ``files.WriteError``, ...) for a user mistake or an output that cannot be written; ``main`` prints it as one line ``udvd: error: ...`` and returns 2,
 like argparse does for a bad option. Anything else is a bug and keeps its traceback.
 """
 
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from udvd_triton.files import WriteError
 from udvd_triton.inference import DEFAULT_BLUR_SIGMA
 from udvd_triton.training import cli as training_cli
 
@@ -24,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     PermissionError,
+    WriteError,
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MODEL = "udvd-x2"
