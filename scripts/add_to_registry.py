@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Add a trained model to the bundled registry: copy its weights into weights/ and write its manifest entry.
 
-    python scripts/add_to_registry.py runs/x2/final udvd-x2 --training "..." --license MIT [--description ...]
+    python scripts/add_to_registry.py runs/x2/final udvd-x2 --training "..." --license MIT [--description ...] [--default]
 
 The checkpoint is loaded with ``UDVD.from_pretrained`` first (so only a valid, complete checkpoint gets in), its
 ``model.safetensors`` is copied to ``weights/<name>.safetensors``, and the entry (file, sha256, scale, config,
-training summary, license) replaces any entry of that name in ``weights/registry.json``.
+training summary, license) replaces any entry of that name in ``weights/registry.json``. ``--default`` makes it the
+model of its scale used when none is named (the previous default of that scale loses the mark). Both files are
+written atomically (temporary name + rename).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from udvd_triton import UDVD
+from udvd_triton.files import atomic_output, write_text
 from udvd_triton.zoo import WEIGHTS_NAME, sha256_file
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -28,11 +31,13 @@ def main() -> None:
     parser.add_argument("--training", required=True, help="one-line training summary")
     parser.add_argument("--license", required=True)
     parser.add_argument("--description", default="")
+    parser.add_argument("--default", action="store_true", help="the default model of its scale")
     args = parser.parse_args()
 
     model = UDVD.from_pretrained(args.checkpoint)
     target = WEIGHTS / f"{args.name}.safetensors"
-    shutil.copyfile(args.checkpoint / WEIGHTS_NAME, target)
+    with atomic_output(target) as tmp:
+        shutil.copyfile(args.checkpoint / WEIGHTS_NAME, tmp)
     entry = {
         "name": args.name,
         "file": target.name,
@@ -46,8 +51,14 @@ def main() -> None:
         entry["description"] = args.description
     manifest_path = WEIGHTS / "registry.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["models"] = [m for m in manifest["models"] if m["name"] != args.name] + [entry]
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    models = [m for m in manifest["models"] if m["name"] != args.name]
+    if args.default:
+        entry["default"] = True
+        for m in models:
+            if m["scale"] == entry["scale"]:
+                m.pop("default", None)
+    manifest["models"] = models + [entry]
+    write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print(f"{args.name}: {target} ({target.stat().st_size / 1e6:.2f} MB, sha256 {entry['sha256']})")
 
 

@@ -125,12 +125,15 @@ def test_argparse_mistakes_exit_2(capsys) -> None:
 
 
 def test_models_table(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    registry = write_registry(ckpt / "reg.json", [registry_entry("tiny-x2", ckpt / "model.safetensors")])
+    weights = ckpt / "model.safetensors"
+    registry = write_registry(ckpt / "reg.json", [registry_entry("tiny-x2", weights, default=True),
+                                                  registry_entry("other", weights)])
     monkeypatch.setenv("UDVD_REGISTRY", str(registry))
     code, out, _ = run(["models"], capsys)
-    header, row = out.splitlines()
-    assert code == 0 and header.split()[:3] == ["NAME", "SCALE", "ARCH"]
-    assert row.split()[:2] == ["tiny-x2", "x2"] and "UDD 8ch x1" in row and "test: 0 steps" in row
+    header, row, other = out.splitlines()
+    assert code == 0 and header.split()[:4] == ["NAME", "SCALE", "DEFAULT", "ARCH"]
+    assert row.split()[:3] == ["tiny-x2", "x2", "yes"] and "UDD 8ch x1" in row and "test: 0 steps" in row
+    assert other.split()[:3] == ["other", "x2", "UDD"]
     monkeypatch.setenv("UDVD_REGISTRY", str(write_registry(tmp_path / "empty.json", [])))
     code, out, _ = run(["models"], capsys)
     assert code == 0 and "no models" in out
@@ -165,3 +168,14 @@ def test_bundled_example_is_small_and_licensed() -> None:
     assert img.mode == "RGB" and img.size == (226, 150)
     assert EXAMPLE.stat().st_size < 100_000
     assert "CC0" in (ROOT / "examples" / "LICENSE.md").read_text()
+
+
+def test_upscale_without_model_uses_the_registry_default(tmp_path: Path, capsys) -> None:
+    src = small_image(tmp_path / "d.png", size=(12, 10))
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "d_x2.png").size == (24, 20)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o4"), "--scale", "4", "-q"], capsys)
+    assert code == 2 and "no default x4 model" in err  # until an x4 model is registered
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "DEFAULT" in out.splitlines()[0]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 import udvd_triton
 from udvd_triton import UDVD, list_models
 from udvd_triton.degradation import pca_basis
-from udvd_triton.zoo import CheckpointError, load_registry, model_info
+from udvd_triton.zoo import CheckpointError, default_model, load_registry, model_info
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(scale=2, n_feats=8, n_blocks=1)
@@ -223,6 +223,26 @@ def test_torch_hub_entry_point(checkpoint) -> None:
     assert fresh.scale == 3
     with pytest.raises(CheckpointError, match="x2 model, but x4"):
         torch.hub.load(str(ROOT), "udvd", name=str(path), scale=4, source="local")
+
+
+def test_default_model_per_scale(checkpoint, monkeypatch) -> None:
+    _, path = checkpoint
+    weights = path / "model.safetensors"
+    x3 = {**TINY, "scale": 3}
+    registry = write_registry(path / "reg.json", [
+        registry_entry("a", weights), registry_entry("b", weights, default=True), registry_entry("c", weights, scale=3, config=x3),
+    ])
+    assert default_model(2, registry) == "b"  # the marked one
+    assert default_model(3, registry) == "c"  # the only x3 model
+    with pytest.raises(ValueError, match=r"no default x4 model \(x4 models: none\); name one with --model"):
+        default_model(4, registry)
+    with pytest.raises(ValueError, match="a second default model for x2"):
+        write_registry(path / "reg.json", [registry_entry(n, weights, default=True) for n in "ab"])
+        load_registry(path / "reg.json")
+    # the bundled registry has a default for x2 (what `udvd upscale` and torch.hub use without a name)
+    monkeypatch.delenv("UDVD_REGISTRY", raising=False)
+    assert load_registry()[default_model(2)].default
+    assert torch.hub.load(str(ROOT), "udvd", source="local").scale == 2
 
 
 # --- errors on bad files ---

@@ -28,7 +28,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     WriteError,
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_MODEL = "udvd-x2"
 
 
 def _noise_arg(text: str) -> float | str:
@@ -114,12 +113,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from udvd_triton.model import UDVD
+    from udvd_triton.zoo import default_model
 
     inputs = _collect_inputs(args.inputs)
     for path in inputs:  # every input is an image before any work starts
         _open_image(path, decode=False)
     device, dtype = _device(args.device, args.half)
-    model = UDVD.from_pretrained(args.model, device=device, dtype=dtype)
+    name = args.model or default_model(args.scale or 2)
+    model = UDVD.from_pretrained(name, device=device, dtype=dtype, scale=args.scale)
     out_dir = Path(args.output)
     outputs = _plan_outputs(inputs, out_dir, model.scale, args.overwrite)
     for src, dst in zip(tqdm(inputs, desc="upscaling", unit="img", disable=args.quiet or None), outputs):
@@ -138,12 +139,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no models in the registry ({registry_path()})")
         return 0
-    rows = [("NAME", "SCALE", "ARCH", "LICENSE", "SOURCE", "TRAINING")]
+    rows = [("NAME", "SCALE", "DEFAULT", "ARCH", "LICENSE", "SOURCE", "TRAINING")]
     for e in entries.values():
         c = e.config
         arch = f"{c.get('variant', 'UDD')} {c.get('n_feats', 128)}ch x{c.get('n_blocks', 15)}"
         source = e.file if e.path.is_file() else f"hf:{e.hf_repo}" if e.hf_repo else f"{e.file} (missing)"
-        rows.append((e.name, f"x{e.scale}", arch, e.license, source, e.training))
+        rows.append((e.name, f"x{e.scale}", "yes" if e.default else "", arch, e.license, source, e.training))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -159,8 +160,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, checkpoint folder or .safetensors file, "
-                   f"or hf:owner/repo[@revision] (default {DEFAULT_MODEL}; see 'udvd models')")
+    p.add_argument("--model", default=None, help="registry name, checkpoint folder or .safetensors file, "
+                   "or hf:owner/repo[@revision] (default: the registry's default model for --scale; see 'udvd models')")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None,
+                   help="upscaling factor: picks the default model, and a --model of another scale is an error "
+                   "(default: the model's scale, 2 without --model)")
     p.add_argument("--sigma", type=float, default=DEFAULT_BLUR_SIGMA,
                    help=f"width (std, HR pixels) of the Gaussian blur the input went through ({DEFAULT_BLUR_SIGMA})")
     p.add_argument("--noise", type=_noise_arg, default=0.0, help="noise std on the 0..255 scale, or 'auto' (0)")
@@ -172,7 +176,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=cmd_upscale)
     p = subparsers.add_parser(
-        "models", help="list the model registry", description="List the registry's models ($UDVD_REGISTRY or bundled)."
+        "models", help="list the model registry",
+        description="List the registry's models ($UDVD_REGISTRY or the bundled one); DEFAULT marks the model used "
+        "for its scale when --model is not given."
     )
     p.set_defaults(handler=cmd_models)
 

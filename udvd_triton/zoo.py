@@ -11,7 +11,8 @@ Registry: a JSON manifest, by default ``registry.json`` in the installed ``udvd_
     {"format_version": 1,
      "models": [{"name": "udvd-x2", "file": "udvd-x2.safetensors", "sha256": "<64 hex>", "scale": 2,
                  "config": {...UDVD kwargs...}, "training": "one-line summary", "license": "MIT",
-                 "hf_repo": "owner/repo[@revision]" (optional), "description": "..." (optional)}]}
+                 "hf_repo": "owner/repo[@revision]" (optional), "description": "..." (optional),
+                 "default": true (optional: the model used for its scale when none is named)}]}
 
 ``file`` is relative to the manifest's directory. A file that is not there is fetched from ``hf_repo`` (through the
 Hugging Face cache) when the entry names one. Either way its sha256 is checked before the file is read.
@@ -76,6 +77,7 @@ class ModelEntry:
     path: Path
     hf_repo: str | None = None
     description: str = ""
+    default: bool = False
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def registry_path(registry: str | os.PathLike[str] | None = None) -> Path:
 
 
 _REQUIRED = {"name": str, "file": str, "sha256": str, "scale": int, "config": dict, "training": str, "license": str}
-_OPTIONAL = {"hf_repo": str, "description": str}
+_OPTIONAL = {"hf_repo": str, "description": str, "default": bool}
 
 
 def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
@@ -128,8 +130,24 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
         if raw["config"].get("scale", raw["scale"]) != raw["scale"]:
             config_scale = raw["config"]["scale"]
             raise ValueError(f"{where} ({name}): scale {raw['scale']} differs from config scale {config_scale}")
+        if raw.get("default") and any(e.default and e.scale == raw["scale"] for e in entries.values()):
+            raise ValueError(f"{where} ({name}): a second default model for x{raw['scale']}")
         entries[name] = ModelEntry(**raw, path=(path.parent / raw["file"]).resolve())
     return entries
+
+
+def default_model(scale: int = 2, registry: str | os.PathLike[str] | None = None) -> str:
+    """Name of the model used for ``scale`` when none is named: the registry's entry marked ``default`` for that
+    scale, else its only model of that scale. ValueError naming the scale's models when there is no such one."""
+    entries = [e for e in load_registry(registry).values() if e.scale == scale]
+    marked = [e.name for e in entries if e.default]
+    if marked:
+        return marked[0]
+    if len(entries) == 1:
+        return entries[0].name
+    names = ", ".join(e.name for e in entries) or "none"
+    raise ValueError(f"the model registry ({registry_path(registry)}) has no default x{scale} model "
+                     f"(x{scale} models: {names}); name one with --model")
 
 
 def list_models(registry: str | os.PathLike[str] | None = None) -> list[str]:
