@@ -29,11 +29,12 @@ TINY = ["--channels", "8", "--blocks", "1", "--batch", "4", "--patch", "12", "--
 def data(tmp_path_factory):
     """A prepared folder: crops of 48px from three smooth random photos, one 96px validation image."""
     root = tmp_path_factory.mktemp("train")
+    (root / "photos").mkdir()
     rng = np.random.default_rng(0)
     for i in range(4):
         small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((120, 120), Image.BICUBIC).save(root / f"p{i}.png")
-    prepare_data(root, root / "prepared", patch=48, val_count=1, val_crop=96, progress=False)
+        Image.fromarray(small).resize((120, 120), Image.BICUBIC).save(root / "photos" / f"p{i}.png")
+    prepare_data(root / "photos", root / "prepared", crop=48, val_count=1, val_crop=96, progress=False)
     return root / "prepared"
 
 

@@ -38,7 +38,7 @@ def photos(tmp_path):
 def test_prepare_data_shards_match_the_source_pixels(photos, tmp_path):
     out = tmp_path / "prepared"
     with pytest.warns(UserWarning, match="broken.png"):
-        manifest = prepare_data(photos, out, patch=32, val_count=1, val_crop=48, shard_crops=3, seed=1, progress=False)
+        manifest = prepare_data(photos, out, crop=32, val_count=1, val_crop=48, shard_crops=3, seed=1, progress=False)
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert {s["file"] for s in manifest["skipped"]} == {"broken.png", "tiny.png"}
@@ -67,7 +67,7 @@ def test_prepare_data_shards_match_the_source_pixels(photos, tmp_path):
 
 def test_max_side_downscales_before_cropping(photos, tmp_path):
     with pytest.warns(UserWarning):
-        manifest = prepare_data(photos, tmp_path / "p", patch=16, max_side=50, val_count=0, progress=False)
+        manifest = prepare_data(photos, tmp_path / "p", crop=16, max_side=50, val_count=0, progress=False)
     a = next(s for s in manifest["sources"] if s["file"] == "a.png")
     assert a["size"] == [100, 70] and max(a["used_size"]) == 50
     assert a["crops"] == (a["used_size"][1] // 16) * (a["used_size"][0] // 16)
@@ -81,8 +81,8 @@ def test_bad_data_folders_give_clear_errors(photos, tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no image files"):
         run_command(["prepare-data", str(tmp_path / "empty"), str(tmp_path / "o2")])
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no training crops.*smaller than the patch 512"):
-        run_command(["prepare-data", str(photos), str(tmp_path / "o3"), "--patch", "512", "--val", "0", "--quiet"])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no training crops.*smaller than the crop 512"):
+        run_command(["prepare-data", str(photos), str(tmp_path / "o3"), "--crop", "512", "--val", "0", "--quiet"])
     (tmp_path / "o4").mkdir()
     (tmp_path / "o4" / "keep").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
@@ -92,9 +92,58 @@ def test_bad_data_folders_give_clear_errors(photos, tmp_path):
     assert not (tmp_path / "o3").exists()
 
 
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_data_never_deletes_what_it_did_not_write(photos, tmp_path):
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    before = _tree(tmp_path)
+    for out in (photos, tmp_path, photos / "sub", photos / "new"):  # is, contains, or lies inside the photos
+        with pytest.raises(ValueError, match="must lie outside the image folder"):
+            run_command(["prepare-data", str(photos), str(out), "--crop", "16", "--overwrite", "--quiet"])
+    assert _tree(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left behind
+
+    out = tmp_path / "prepared"
+    with pytest.warns(UserWarning):
+        first = prepare_data(photos, out, crop=16, val_count=1, val_crop=24, progress=False)
+    (out / "mine.txt").write_text("a file prepare-data did not write")
+    kept = _tree(out)
+    with pytest.raises(FileExistsError, match="it holds mine.txt, which prepare-data did not write"):
+        run_command(["prepare-data", str(photos), str(out), "--crop", "16", "--overwrite", "--quiet"])
+    assert _tree(out) == kept
+    (out / "mine.txt").unlink()
+    with pytest.warns(UserWarning):  # a previous output and nothing else: replaced, old files gone
+        second = prepare_data(photos, out, crop=24, val_count=0, overwrite=True, progress=False)
+    assert {f["file"] for f in second["shards"]} >= {f["file"] for f in first["shards"]}
+    assert set(_tree(out)) == {"manifest.json", *(f["file"] for f in second["shards"])}
+    assert CropDataset(out).patch == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "prepared", "unrelated.txt"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(FileExistsError, match="no valid manifest.json"):
+        prepare_data(photos, other, crop=16, overwrite=True, progress=False)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")  # a dangling link exists too
+    with pytest.raises(FileExistsError, match="is a link"):
+        prepare_data(photos, link, crop=16, overwrite=True, progress=False)
+    assert (other / "manifest.json").exists() and link.is_symlink()
+
+
+def test_prepare_data_patch_flag_was_renamed(photos, tmp_path, capsys):
+    from udvd_triton.cli import main
+
+    assert main(["prepare-data", str(photos), str(tmp_path / "o"), "--patch", "16"]) == 2
+    assert "--patch was renamed --crop" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_sampler_epochs_and_ranks(photos, tmp_path):
     with pytest.warns(UserWarning):
-        prepare_data(photos, tmp_path / "p", patch=16, val_count=0, shard_crops=5, progress=False)
+        prepare_data(photos, tmp_path / "p", crop=16, val_count=0, shard_crops=5, progress=False)
     ds = CropDataset(tmp_path / "p")
     n = len(ds)
     ranks = [BatchSampler(ds, batch=3, size=12, seed=5, rank=r, world=2) for r in range(2)]

@@ -14,13 +14,21 @@ from typing import Any
 from udvd_triton.training.trainer import TrainConfig, train
 
 
+class _Renamed(argparse.Action):
+    """``prepare-data --patch``: renamed ``--crop`` (it is the HR crop side, unlike ``train --patch``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        parser.error("--patch was renamed --crop (the side of the stored HR crops, in pixels); "
+                     "`udvd train --patch` is the LR training patch")
+
+
 def _prepare_data(args: argparse.Namespace) -> int:
     from udvd_triton.training.data import prepare_data
 
     manifest = prepare_data(
         args.src,
         args.out,
-        patch=args.patch,
+        crop=args.crop,
         stride=args.stride,
         max_side=args.max_side,
         jpeg_scale=args.jpeg_scale,
@@ -33,7 +41,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
     )
     n_train = sum(s["split"] == "train" for s in manifest["sources"])
     print(
-        f"{args.out}: {manifest['crops']} crops of {args.patch}px from {n_train} images in {len(manifest['shards'])} "
+        f"{args.out}: {manifest['crops']} crops of {args.crop}px from {n_train} images in {len(manifest['shards'])} "
         f"shards, {len(manifest['val'])} validation images, {len(manifest['skipped'])} files skipped"
     )
     return 0
@@ -146,18 +154,30 @@ def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prepare-data``, ``train``, ``finetune`` and ``eval`` to the ``udvd`` sub-command parsers."""
-    p = subparsers.add_parser("prepare-data", help="cut a folder of HR photos into training shards")
+    p = subparsers.add_parser(
+        "prepare-data",
+        help="cut a folder of HR photos into training shards",
+        description="Cut the photos under SRC (recursively) into square HR crops stored as memory-mapped uint8 "
+        "shards in OUT, with a manifest and whole held-out validation images. OUT must lie outside SRC; an existing "
+        "OUT is replaced only with --overwrite and only if it holds a previous prepare-data output and nothing else.",
+    )
     p.add_argument("src", help="folder of HR images (recursive, any PIL-readable format)")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--patch", type=int, default=192, help="stored crop side in pixels (default 192)")
-    p.add_argument("--stride", type=int, help="crop grid step (default: --patch, no overlap)")
-    p.add_argument("--max-side", type=int, help="first downscale images whose longer side exceeds this")
-    p.add_argument("--jpeg-scale", type=float, default=1.0, help="downscale factor for JPEG sources (default 1)")
-    p.add_argument("--val", type=int, help="whole images held out for validation (default: a tenth)")
-    p.add_argument("--val-crop", type=int, default=480, help="validation centre-crop side, 0 = whole (default 480)")
-    p.add_argument("--shard-crops", type=int, default=1024, help="crops per shard (default 1024)")
-    p.add_argument("--seed", type=int, default=0, help="picks the validation images")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("out", help="output folder (created; outside SRC)")
+    p.add_argument("--crop", type=int, default=192, help="side of the stored HR crops in pixels (default 192); "
+                   "`udvd train --patch P` later cuts scale*P sub-crops from them")
+    p.add_argument("--patch", action=_Renamed, help=argparse.SUPPRESS)
+    p.add_argument("--stride", type=int, help="crop grid step in pixels (default: --crop, no overlap)")
+    p.add_argument("--max-side", type=int, help="first downscale images whose longer side exceeds this many pixels "
+                   "(default: no limit)")
+    p.add_argument("--jpeg-scale", type=float, default=1.0,
+                   help="extra downscale factor in (0, 1] for JPEG sources, against compression artefacts (default 1)")
+    p.add_argument("--val", type=int, help="number of whole images held out for validation (default: a tenth)")
+    p.add_argument("--val-crop", type=int, default=480,
+                   help="side in pixels of the validation centre crops, 0 = whole image (default 480)")
+    p.add_argument("--shard-crops", type=int, default=1024, help="crops per shard file (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed that picks the validation images (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it holds a previous prepare-data output (and nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_prepare_data)
 

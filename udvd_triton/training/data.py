@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from udvd_triton import files
 from udvd_triton.degradation import imresize
 
 MANIFEST = "manifest.json"
@@ -100,10 +102,60 @@ def _grid_crops(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray
             yield img[y : y + patch, x : x + patch]
 
 
+def _listed_files(manifest: dict[str, Any]) -> list[str]:
+    """Every file a ``prepare_data`` manifest says it wrote, relative to its folder (the manifest itself included)."""
+    return [MANIFEST] + [s["file"] for s in manifest["shards"]] + [v["file"] for v in manifest["val"]]
+
+
+def _previous_output(src: Path, out: Path, overwrite: bool) -> dict[str, Any] | None:
+    """Check that ``out`` may receive a new output; return the manifest of the previous output it holds, if any.
+
+    Refuses (before anything is read or written) an ``out`` that is, contains or lies inside ``src``; a link or a
+    file; a non-empty folder without ``overwrite``; and, with ``overwrite``, a folder holding anything that its
+    manifest does not list as written by ``prepare_data``: we only ever delete what we wrote.
+    """
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or out_r.is_relative_to(src_r) or src_r.is_relative_to(out_r):
+        raise ValueError(f"output folder {out} must lie outside the image folder {src} (and not contain it)")
+    if not files.exists(out):
+        return None
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"output {out} exists and is not a folder (or is a link): choose another output")
+    entries = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    if not entries:
+        return None
+    if not overwrite:
+        raise FileExistsError(
+            f"output folder {out} exists and is not empty (use --overwrite to replace a previous prepare-data output)"
+        )
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        ours = set(_listed_files(manifest)) | {VAL_DIR} if manifest.get("format") == FORMAT else set()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        ours = set()
+    if not ours:
+        raise FileExistsError(
+            f"refusing to replace {out}: it has no valid {MANIFEST}, so it is not a previous prepare-data output"
+        )
+    foreign = [e for e in entries if e not in ours]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise FileExistsError(f"refusing to replace {out}: it holds {foreign[0]}{more}, which prepare-data did not write")
+    return manifest
+
+
+def _remove_listed(folder: Path, manifest: dict[str, Any]) -> None:
+    """Delete the files ``manifest`` lists in ``folder`` and the then-empty val folder (nothing else)."""
+    for rel in _listed_files(manifest):
+        (folder / rel).unlink(missing_ok=True)
+    if (folder / VAL_DIR).is_dir():
+        (folder / VAL_DIR).rmdir()
+
+
 def prepare_data(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    patch: int = 192,
+    crop: int = 192,
     stride: int | None = None,
     max_side: int | None = None,
     jpeg_scale: float = 1.0,
@@ -118,51 +170,53 @@ def prepare_data(
 
     Args:
         src: folder of HR images (searched recursively, any PIL-readable format).
-        out: output folder; must not exist or be empty unless ``overwrite``.
-        patch: side P of the stored square crops (pixels). Training cuts random sub-crops of s*patch_lr <= P.
-        stride: grid step between crops (default ``patch``: non-overlapping).
+        out: output folder, outside ``src`` (and not containing it); must not exist or be empty unless
+            ``overwrite``.
+        crop: side P of the stored square HR crops (pixels). Training cuts random sub-crops of scale * (LR patch)
+            <= P from them (``udvd train --patch`` is that LR patch).
+        stride: grid step between crops (default ``crop``: non-overlapping).
         max_side: downscale (bicubic ``imresize``) images whose longer side exceeds this, before cropping.
         jpeg_scale: extra downscale factor in (0, 1] for JPEG sources, which shrinks their compression artefacts.
         val_count: whole images held out for validation (default: a tenth, at least 1 when there are >= 2 images).
         val_crop: side of the validation centre crops (0: whole images), cut to a multiple of 12.
         shard_crops: crops per shard file.
         seed: picks the validation images.
-        overwrite: replace an existing non-empty ``out``.
+        overwrite: replace an existing ``out`` that holds a previous ``prepare_data`` output and nothing else
+            (checked against its manifest); only the files that manifest lists are deleted.
         progress: show a tqdm bar.
 
     Returns the manifest (also written to ``out/manifest.json``). Unreadable files and images smaller than the
-    patch are skipped with a warning and listed under ``skipped``. The result appears atomically: everything is
+    crop are skipped with a warning and listed under ``skipped``. The result appears atomically: everything is
     written to a temporary sibling folder that is renamed to ``out`` at the end.
 
     Raises FileNotFoundError / NotADirectoryError / ValueError (no images, bad settings, nothing usable),
-    FileExistsError (``out`` not empty).
+    FileExistsError (``out`` not empty, or not a previous output), before any image is read.
     """
-    if patch < 8:
-        raise ValueError(f"patch must be >= 8 pixels, got {patch}")
-    stride = patch if stride is None else stride
+    if crop < 8:
+        raise ValueError(f"crop must be >= 8 pixels, got {crop}")
+    stride = crop if stride is None else stride
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
-    if max_side is not None and max_side < patch:
-        raise ValueError(f"max_side ({max_side}) must be >= patch ({patch})")
+    if max_side is not None and max_side < crop:
+        raise ValueError(f"max_side ({max_side}) must be >= crop ({crop})")
     if not 0 < jpeg_scale <= 1:
         raise ValueError(f"jpeg_scale must be in (0, 1], got {jpeg_scale}")
     if val_crop < 0 or shard_crops < 1:
         raise ValueError(f"need val_crop >= 0 and shard_crops >= 1, got {val_crop} and {shard_crops}")
     src_root, out_dir = Path(src), Path(out)
-    files = image_files(src_root)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
+    paths = image_files(src_root)
+    previous = _previous_output(src_root, out_dir, overwrite)
 
-    # Validation images are drawn among the files whose header says they are at least patch x patch.
-    big = [i for i, path in enumerate(files) if min(_header_size(path)) >= patch]
+    # Validation images are drawn among the files whose header says they are at least crop x crop.
+    big = [i for i, path in enumerate(paths) if min(_header_size(path)) >= crop]
     n_val = (min(max(1, len(big) // 10), len(big) - 1) if len(big) >= 2 else 0) if val_count is None else val_count
     if not 0 <= n_val < max(len(big), 1):
-        raise ValueError(f"val_count must be in 0..{max(len(big) - 1, 0)} for {len(big)} images of at least {patch}px, got {n_val}")
+        raise ValueError(f"val_count must be in 0..{max(len(big) - 1, 0)} for {len(big)} images of at least {crop}px, got {n_val}")
     val_set = {big[i] for i in np.random.default_rng(seed).permutation(len(big))[:n_val]}
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / VAL_DIR).mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # new and ours: safe to remove
+    (tmp / VAL_DIR).mkdir()
     sources: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     shards: list[dict[str, Any]] = []
@@ -176,7 +230,7 @@ def prepare_data(
         buffer.clear()
 
     try:
-        for i, path in enumerate(tqdm(files, desc="prepare-data", unit="img", disable=not progress)):
+        for i, path in enumerate(tqdm(paths, desc="prepare-data", unit="img", disable=not progress)):
             rel = path.relative_to(src_root).as_posix()
             try:
                 img = load_rgb(path)
@@ -192,22 +246,22 @@ def prepare_data(
                 img = _shrink(img, factor)
             entry = {"file": rel, "size": [w0, h0], "used_size": [img.shape[1], img.shape[0]]}
             if i in val_set:
-                crop = _centre_crop(img, val_crop)
-                if min(crop.shape[:2]) < VAL_MULTIPLE:
+                centre = _centre_crop(img, val_crop)
+                if min(centre.shape[:2]) < VAL_MULTIPLE:
                     skipped.append({"file": rel, "reason": "too small for a validation image"})
                     continue
                 name = f"{VAL_DIR}/{len(val):03d}_{path.stem}.png"
-                Image.fromarray(crop).save(tmp / name)
-                val.append({"file": name, "source": rel, "size": [crop.shape[1], crop.shape[0]]})
+                Image.fromarray(centre).save(tmp / name)
+                val.append({"file": name, "source": rel, "size": [centre.shape[1], centre.shape[0]]})
                 sources.append({**entry, "split": "val", "crops": 0})
                 continue
-            if min(img.shape[:2]) < patch:
-                warnings.warn(f"skipping {rel}: {img.shape[1]}x{img.shape[0]} is smaller than the patch {patch}", stacklevel=2)
-                skipped.append({"file": rel, "reason": f"smaller than the patch ({img.shape[1]}x{img.shape[0]} < {patch})"})
+            if min(img.shape[:2]) < crop:
+                warnings.warn(f"skipping {rel}: {img.shape[1]}x{img.shape[0]} is smaller than the crop {crop}", stacklevel=2)
+                skipped.append({"file": rel, "reason": f"smaller than the crop ({img.shape[1]}x{img.shape[0]} < {crop})"})
                 continue
             count = 0
-            for crop in _grid_crops(img, patch, stride):
-                buffer.append(crop)
+            for piece in _grid_crops(img, crop, stride):
+                buffer.append(piece)
                 count += 1
                 if len(buffer) == shard_crops:
                     flush()
@@ -216,14 +270,14 @@ def prepare_data(
             flush()
         if not shards:
             raise ValueError(
-                f"no training crops from {src_root}: {len(skipped)} of {len(files)} files skipped "
-                f"(unreadable or smaller than the patch {patch}); see the warnings"
+                f"no training crops from {src_root}: {len(skipped)} of {len(paths)} files skipped "
+                f"(unreadable or smaller than the crop {crop}); see the warnings"
             )
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": str(src_root.resolve()),
-            "patch": patch,
+            "patch": crop,  # the stored crop side (key kept from format version 1)
             "stride": stride,
             "max_side": max_side,
             "jpeg_scale": jpeg_scale,
@@ -235,13 +289,18 @@ def prepare_data(
             "skipped": skipped,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        os.replace(tmp, out_dir)
+        if previous is None:
+            os.replace(tmp, out_dir)  # out_dir is absent or an empty folder
+        else:  # swap, then delete only what the old manifest lists
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            _remove_listed(old, previous)
+            old.rmdir()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if skipped:
-        warnings.warn(f"prepare-data skipped {len(skipped)} of {len(files)} files (listed in the manifest)", stacklevel=2)
+        warnings.warn(f"prepare-data skipped {len(skipped)} of {len(paths)} files (listed in the manifest)", stacklevel=2)
     return manifest
 
 
