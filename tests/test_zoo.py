@@ -179,6 +179,12 @@ def test_registry_missing_file_and_config_mismatch(checkpoint) -> None:
         ({"scale": 3}, "scale 3 differs"),
         ({"extra_field": 1}, "unknown fields"),
         ({"license": None}, "'license' must be a str"),
+        ({"file": "../../etc/passwd"}, "must be a relative path inside the registry's folder"),
+        ({"file": "/etc/passwd"}, "must be a relative path inside the registry's folder"),
+        ({"file": "sub/../../x.safetensors"}, "no '..'"),
+        ({"hf_repo": "owner/repo@../../.."}, r"entry 0 \(m\): invalid Hugging Face revision '../../..'"),
+        ({"hf_repo": "../repo"}, "invalid Hugging Face repo"),
+        ({"default": "yes"}, "'default' must be a bool"),
     ],
 )
 def test_invalid_registry_entries(checkpoint, change, match) -> None:
@@ -202,6 +208,21 @@ def test_hf_repo_from_offline_cache(checkpoint, offline_hf_cache: Path) -> None:
         UDVD.from_pretrained("hf:someone/absent")
     with pytest.raises(ValueError, match="invalid Hugging Face repo"):
         UDVD.from_pretrained("hf:no-slash")
+    for bad in ("@../../..", "@main/../x", "@", "@/abs", "@a b"):
+        with pytest.raises(ValueError, match="invalid Hugging Face revision"):
+            UDVD.from_pretrained(f"hf:someone/udvd-tiny{bad}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_from_pretrained_on_a_missing_device_fails_before_loading(checkpoint, monkeypatch) -> None:
+    _, path = checkpoint
+    monkeypatch.setattr("udvd_triton.zoo.read_checkpoint", lambda *a: pytest.fail("read before the device check"))
+    with pytest.raises(ValueError, match=r"device 'cuda' requested but CUDA is not available .*use device='cpu'"):
+        UDVD.from_pretrained(path, device="cuda")
+    with pytest.raises(ValueError, match="invalid device 'gpu'"):
+        UDVD.from_pretrained(path, device="gpu")
+    with pytest.raises(ValueError, match="dtype must be a floating-point"):
+        UDVD.from_pretrained(path, dtype=torch.int8)
 
 
 def test_registry_entry_fetched_from_hf_cache_is_verified(checkpoint, offline_hf_cache: Path, tmp_path) -> None:

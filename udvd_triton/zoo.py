@@ -14,7 +14,7 @@ Registry: a JSON manifest, by default ``registry.json`` in the installed ``udvd_
                  "hf_repo": "owner/repo[@revision]" (optional), "description": "..." (optional),
                  "default": true (optional: the model used for its scale when none is named)}]}
 
-``file`` is relative to the manifest's directory. A file that is not there is fetched from ``hf_repo`` (through the
+``file`` is a relative path inside the manifest's directory (no ``..``, not absolute). A file that is not there is fetched from ``hf_repo`` (through the
 Hugging Face cache) when the entry names one. Either way its sha256 is checked before the file is read.
 
 Loading validates everything (file readable, checksum, config, tensor names/shapes/dtypes, scale) before a fresh
@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -53,6 +53,8 @@ REGISTRY_NAME = "registry.json"
 REGISTRY_FORMAT_VERSION = 1
 HF_PREFIX = "hf:"
 _HF_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+# A branch, tag or commit: path-like names such as "refs/pr/1" are allowed, ".." and empty parts are not.
+_HF_REVISION = re.compile(r"^[\w.-]+(/[\w.-]+)*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 M = TypeVar("M", bound="ZooMixin")
@@ -127,6 +129,15 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
             raise ValueError(f"{where}: duplicate model name {name!r}")
         if not _SHA256.match(raw["sha256"]):
             raise ValueError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
+        file = PurePosixPath(raw["file"])
+        if file.is_absolute() or ".." in file.parts or "\\" in raw["file"] or not file.parts:
+            raise ValueError(f"{where} ({name}): file {raw['file']!r} must be a relative path inside the registry's "
+                             "folder (no '..', not absolute)")
+        if "hf_repo" in raw:
+            try:
+                _split_hf_spec(raw["hf_repo"])
+            except ValueError as e:
+                raise ValueError(f"{where} ({name}): {e}") from None
         if raw["config"].get("scale", raw["scale"]) != raw["scale"]:
             config_scale = raw["config"]["scale"]
             raise ValueError(f"{where} ({name}): scale {raw['scale']} differs from config scale {config_scale}")
@@ -268,6 +279,18 @@ def _merge_configs(cls: type, where: str, configs: dict[str, dict[str, Any] | No
     return first
 
 
+def _split_hf_spec(spec: str) -> tuple[str, str | None]:
+    """``owner/repo[@revision]`` -> (repo id, revision or None); ValueError for anything else (a revision such as
+    ``../..`` would otherwise reach the cache's file paths)."""
+    repo_id, at, revision = spec.partition("@")
+    if not _HF_REPO.match(repo_id) or ".." in repo_id:
+        raise ValueError(f"invalid Hugging Face repo {spec!r}: expected hf:owner/repo or hf:owner/repo@revision")
+    if at and (not _HF_REVISION.match(revision) or ".." in revision):
+        raise ValueError(f"invalid Hugging Face revision {revision!r} in {spec!r}: expected a branch, tag or commit "
+                         "(letters, digits, '.', '_', '-', '/'; no '..')")
+    return repo_id, revision or None
+
+
 def _hf_download(spec: str, filename: str, required: bool) -> Path | None:
     """A file of ``owner/repo[@revision]`` through the Hugging Face cache (honours HF_HUB_OFFLINE, HF_HUB_CACHE)."""
     from huggingface_hub import hf_hub_download
@@ -278,11 +301,9 @@ def _hf_download(spec: str, filename: str, required: bool) -> Path | None:
         RevisionNotFoundError,
     )
 
-    repo_id, _, revision = spec.partition("@")
-    if not _HF_REPO.match(repo_id):
-        raise ValueError(f"invalid Hugging Face repo {spec!r}: expected hf:owner/repo or hf:owner/repo@revision")
+    repo_id, revision = _split_hf_spec(spec)
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
         if not required:
             return None
@@ -358,6 +379,23 @@ def _check_state(where: str, model: torch.nn.Module, state: dict[str, torch.Tens
         raise CheckpointError(f"{where} does not match its config {config}: " + "; ".join(problems))
 
 
+def _check_target(device: str | torch.device | None, dtype: torch.dtype | None) -> None:
+    """ValueError, before anything is read, for a device this torch cannot use or a dtype that is not floating."""
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"invalid device {device!r} (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available (torch {torch.__version__}, "
+                             f"{build}); use device='cpu'")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.float16), got {dtype!r}")
+
+
 def load_pretrained(
     cls: type[M],
     source: str | os.PathLike[str],
@@ -368,6 +406,7 @@ def load_pretrained(
     registry: str | os.PathLike[str] | None = None,
 ) -> M:
     """Implementation of ``UDVD.from_pretrained``; see there."""
+    _check_target(device, dtype)
     src = _resolve(source, registry)
     state, metadata_config = read_checkpoint(src.weights, src.sha256)
     config = _merge_configs(cls, src.where, {**src.configs, f"the metadata of {src.weights}": metadata_config})
