@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udvd_triton.files import atomic_output
 from udvd_triton.degradation import PCA_FILE, PCA_N_KERNELS, PCA_SIGMA_RANGE, compute_pca_basis, random_kernels
 
 
@@ -26,7 +27,8 @@ def main() -> None:
     args = parser.parse_args()
 
     basis = compute_pca_basis(args.n_kernels, args.seed)
-    np.save(args.out, basis)
+    with atomic_output(args.out) as tmp:
+        np.save(tmp, basis)
 
     # How well the basis represents a fresh sample of the same distribution (another seed).
     g = torch.Generator().manual_seed(args.seed + 1)
