@@ -145,6 +145,54 @@ def test_imresize_torch_batch_equals_numpy(scale):
     np.testing.assert_allclose(out32.numpy(), out.numpy(), atol=1e-5)
 
 
+def dense_resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
+    """The (out_len, in_len) weight matrix imresize used before its weights became banded (main 6868c21)."""
+    width = 4.0 / scale if scale < 1 else 4.0
+    u = np.arange(1, out_len + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - width / 2)
+    taps = int(math.ceil(width)) + 2
+    idx = left[:, None] + np.arange(taps)[None, :]
+    dist = u[:, None] - idx
+    w = scale * D._cubic(scale * dist) if scale < 1 else D._cubic(dist)
+    w = w / w.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    idx = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    mat = np.zeros((out_len, in_len))
+    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx.ravel()), w.ravel())
+    return mat
+
+
+@pytest.mark.parametrize(("in_len", "scale"), [(1, 2), (2, 0.25), (5, 3), (37, 0.5), (37, 1 / 3), (64, 0.25),
+                                               (30, 4), (3000, 2048 / 3000), (11, 1.7)])
+def test_banded_resize_weights_equal_the_dense_matrix(in_len: int, scale: float):
+    out_len = math.ceil(in_len * scale)
+    idx, w = D._resize_band(in_len, out_len, scale)
+    assert idx.shape == w.shape and idx.shape[0] == out_len and idx.shape[1] <= math.ceil(4 / min(scale, 1)) + 2
+    banded = np.zeros((out_len, in_len))
+    np.add.at(banded, (np.repeat(np.arange(out_len), idx.shape[1]), idx.ravel()), w.ravel())
+    np.testing.assert_allclose(banded, dense_resize_matrix(in_len, out_len, scale), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1 / 3, 0.25, 2, 3, 0.7])
+def test_imresize_equals_the_dense_matrix_product(scale):
+    img = np.random.default_rng(3).random((2, 3, 29, 41))
+    oh, ow = math.ceil(29 * scale), math.ceil(41 * scale)
+    expected = dense_resize_matrix(29, oh, scale) @ img @ dense_resize_matrix(41, ow, scale).T
+    out = D.imresize(torch.from_numpy(img), scale)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_resize_weights_are_cached_per_device_and_dtype():
+    D._resize_weights.cache_clear()
+    x = torch.rand(1, 1, 20, 30)
+    D.imresize(x, 0.5)
+    D.imresize(x, 0.5)
+    D.imresize(x.double(), 0.5)
+    info = D._resize_weights.cache_info()
+    assert (info.misses, info.hits) == (4, 2)  # one entry per (axis length, dtype); repeats copy nothing
+    assert info.maxsize is not None and D._resize_band.cache_info().maxsize is not None  # bounded
+
+
 @pytest.mark.parametrize(
     "img,msg",
     [(np.zeros((8, 8, 3), np.uint8), "dtype uint8"), (np.zeros((3, 8, 8)), "CHW"),
