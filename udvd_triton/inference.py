@@ -516,18 +516,24 @@ class _Plan:
     min_tile: int
     pad: tuple[int, int]
 
+    def window_size(self, h: int, w: int) -> tuple[int, int]:
+        """(rows, cols) of every window for an h x w image: its largest tile plus the margins, within the canvas."""
+        (py, px), m = self.pad, self.margin
+        ys, xs = _splits(h, self.tile), _splits(w, self.tile)
+        th, tw = max(b - a for a, b in zip(ys, ys[1:])), max(b - a for a, b in zip(xs, xs[1:]))
+        return min(h + 2 * py, th + 2 * m), min(w + 2 * px, tw + 2 * m)
+
     def windows(self, h: int, w: int) -> Iterator[tuple[int, int, int, int, int, int]]:
         """(window y, window x, tile y0, tile y1, tile x0, tile x1) over the padded canvas: tiles split the image
         evenly; every window has the same size, shifted inwards at the borders (so windows batch), and holds
         ``margin`` pixels around its tile or reaches the canvas edge."""
         (py, px), m = self.pad, self.margin
-        ch, cw = h + 2 * py, w + 2 * px
-        wh, ww = min(ch, self.tile + 2 * m), min(cw, self.tile + 2 * m)
+        wh, ww = self.window_size(h, w)
         ys, xs = _splits(h, self.tile), _splits(w, self.tile)
         for y0, y1 in zip(ys, ys[1:]):
             for x0, x1 in zip(xs, xs[1:]):
-                wy = min(max(y0 + py - m, 0), ch - wh)
-                wx = min(max(x0 + px - m, 0), cw - ww)
+                wy = min(max(y0 + py - m, 0), h + 2 * py - wh)
+                wx = min(max(x0 + px - m, 0), w + 2 * px - ww)
                 yield wy, wx, y0, y1, x0, x1
 
     def smaller(self) -> _Plan | None:
@@ -563,10 +569,11 @@ def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dt
         log.warning("tile %d raised to %d LR pixels (%d x the receptive radius of %d): with smaller tiles the "
                     "overlap between windows would be most of the work", tile, min_tile, MIN_TILE_RADII, margin)
         tile = min_tile
-    window = min(ch, tile + 2 * margin) * min(cw, tile + 2 * margin)
+    plan = _Plan(tile, 1, margin, min_tile, pad)
+    wh, ww = plan.window_size(h, w)
     tiles = -(-h // tile) * -(-w // tile)
-    batch = max(1, min(tiles, budget // (window * per_window_pixel)))
-    return _Plan(tile, batch, margin, min_tile, pad)
+    plan.batch = max(1, min(tiles, budget // (wh * ww * per_window_pixel)))
+    return plan
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -601,14 +608,13 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
     n, _, h, w = image.shape
     s, (py, px) = model.scale, plan.pad
     windows = list(plan.windows(h, w))
+    wh, ww = plan.window_size(h, w)
     bar = _Progress(len(windows), "upscaling", "tile", progress)
     try:
         for i in range(0, len(windows), plan.batch):
             group = windows[i : i + plan.batch]
             pixels, codes, levels = [], [], []
             for wy, wx, *_ in group:
-                wh = min(h + 2 * py, plan.tile + 2 * plan.margin)
-                ww = min(w + 2 * px, plan.tile + 2 * plan.margin)
                 y0, x0 = wy - py, wx - px  # window origin in image coordinates (negative when padded)
                 pixels.append(image.window(y0, y0 + wh, x0, x0 + ww, device, torch.float32))
                 codes.append(code.window(y0, y0 + wh, x0, x0 + ww).expand(n, -1, -1, -1))
