@@ -435,3 +435,36 @@ def test_a_noise_map_beats_every_single_noise_level(bundled: UDVD) -> None:
     by_map = psnr(bundled.upscale(lr8, blur_sigma=1.2, noise_level=noise), hr, border=2)
     assert by_map > max(scalars) + 0.3
     assert psnr(bundled.upscale(lr8, blur_sigma=1.2, noise_level="auto-map"), hr, border=2) > max(scalars)
+
+
+BOUNDED_SCRIPT = """
+import resource, sys
+import numpy as np, torch
+from udvd_triton import UDVD, inference
+inference.CPU_TILE_BUDGET = 32 << 20
+torch.manual_seed(0)
+model = UDVD(scale=2, n_feats=4, n_blocks=0, variant="baseline").eval()
+img = np.zeros((400, 600, 3), np.uint8)
+img[::7] = 200
+model.upscale(img[:64, :64])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = model.upscale(img, noise_level="auto")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024, out.dtype, out.shape)
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_by_input_output_and_one_batch() -> None:
+    """The whole image was converted to float64 and the whole output kept as float tensors (and their copies), and
+    a CPU never tiled: 6000x4000 passed 10 GB. Here a 0.24 MP uint8 image (0.7 MB in, 2.9 MB out) with 32 MiB of
+    activations per batch must stay within input + output + one batch + slack (the old code: about 1 GB).
+    (The 24 MP case with the bundled model, over a minute, is measured by benchmarks/bench_upscale.py.)"""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", BOUNDED_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    grew_mb, dtype, shape = res.stdout.split(maxsplit=2)
+    assert dtype == "uint8" and shape.strip() == "(800, 1200, 3)"
+    assert float(grew_mb) < 0.7 + 2.9 + 32 + 120  # slack: the allocator, noise-estimate bands, window and map copies
