@@ -88,11 +88,16 @@ def _bytes_per_lr_pixel(model: UDVD, dtype: torch.dtype) -> int:
     return elems * torch.finfo(dtype).bits // 8
 
 
-def auto_tile_size(model: UDVD, free_bytes: int, dtype: torch.dtype) -> int:
-    """Largest LR tile side whose window (tile + 2 receptive radii) should fit a forward pass in half of
-    ``free_bytes``; at least 16."""
-    side = math.isqrt(int(free_bytes / 2 / _bytes_per_lr_pixel(model, dtype))) - 2 * receptive_radius(model.config)
-    return max(side, 16)
+def _margin(model: UDVD) -> int:
+    """LR pixels of context around a tile: the receptive radius, and at least what the bicubic alpha needs."""
+    return max(receptive_radius(model.config), _ALPHA_REACH)
+
+
+def auto_tile_size(model: UDVD, free_bytes: int, dtype: torch.dtype, images: int = 1) -> int:
+    """Largest LR tile side whose window (tile + 2 margins) for ``images`` images should fit a forward pass in half
+    of ``free_bytes``; at least 16."""
+    per_pixel = images * _bytes_per_lr_pixel(model, dtype)
+    return max(math.isqrt(free_bytes // 2 // per_pixel) - 2 * _margin(model), 16)
 
 
 def available_memory(device: torch.device) -> int:
@@ -289,17 +294,20 @@ class _Grid:
     ) -> None:
         self.values, self.size, self.transform = values, size, transform
 
-    def window(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        """(B, C', y1 - y0, x1 - x0) float64 for LR pixels [y0, y1) x [x0, x1) (outside: the edge's values)."""
+    def window(
+        self, y0: int, y1: int, x0: int, x1: int, device: torch.device | None = None, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """(B, C', y1 - y0, x1 - x0) for LR pixels [y0, y1) x [x0, x1) (outside: the edge's values), of ``dtype`` on
+        ``device`` (default float64 on the CPU). Sampled in float64; a constant is expanded on the device."""
         v, (h, w) = self.values, self.size
         gh, gw = v.shape[-2:]
         if (gh, gw) == (1, 1):
-            out = v.double().expand(-1, -1, y1 - y0, x1 - x0)
-        else:
-            out = self._axis(v, 2, y0, y1, h) if gh != h else v[:, :, _torch_index(_indices(y0, y1, h), v.device)]
-            out = self._axis(out, 3, x0, x1, w) if gw != w else out[..., _torch_index(_indices(x0, x1, w), v.device)]
-            out = out.double()
-        return self.transform(out) if self.transform else out
+            out = self.transform(v.double()) if self.transform else v
+            return out.to(device=device, dtype=dtype).expand(-1, -1, y1 - y0, x1 - x0)
+        out = self._axis(v, 2, y0, y1, h) if gh != h else v[:, :, _torch_index(_indices(y0, y1, h), v.device)]
+        out = self._axis(out, 3, x0, x1, w) if gw != w else out[..., _torch_index(_indices(x0, x1, w), v.device)]
+        out = out.double()
+        return (self.transform(out) if self.transform else out).to(device=device, dtype=dtype)
 
     @staticmethod
     def _axis(v: torch.Tensor, dim: int, a: int, b: int, size: int) -> torch.Tensor:
@@ -553,7 +561,7 @@ def _splits(length: int, tile: int) -> list[int]:
 
 def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dtype: torch.dtype) -> _Plan:
     n, _, h, w = image.shape
-    margin = max(receptive_radius(model.config), _ALPHA_REACH)
+    margin = _margin(model)
     min_tile = MIN_TILE_RADII * margin
     pad = (margin if h <= 2 * margin else 0, margin if w <= 2 * margin else 0)
     ch, cw = h + 2 * pad[0], w + 2 * pad[1]
@@ -563,8 +571,7 @@ def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dt
         budget = min(budget, CPU_TILE_BUDGET)
     if tile is None:
         fits_whole = ch * cw * per_window_pixel <= budget
-        tile = max(h, w) if fits_whole else math.isqrt(budget // per_window_pixel) - 2 * margin
-        tile = max(tile, min_tile)
+        tile = max(max(h, w) if fits_whole else auto_tile_size(model, 2 * budget, dtype, n), min_tile)
     elif tile < min_tile and tile < max(h, w):
         log.warning("tile %d raised to %d LR pixels (%d x the receptive radius of %d): with smaller tiles the "
                     "overlap between windows would be most of the work", tile, min_tile, MIN_TILE_RADII, margin)
@@ -617,11 +624,11 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
             for wy, wx, *_ in group:
                 y0, x0 = wy - py, wx - px  # window origin in image coordinates (negative when padded)
                 pixels.append(image.window(y0, y0 + wh, x0, x0 + ww, device, torch.float32))
-                codes.append(code.window(y0, y0 + wh, x0, x0 + ww).expand(n, -1, -1, -1))
-                levels.append(noise.window(y0, y0 + wh, x0, x0 + ww).expand(n, -1, -1, -1) / 255)
+                codes.append(code.window(y0, y0 + wh, x0, x0 + ww, device, dtype).expand(n, -1, -1, -1))
+                levels.append(noise.window(y0, y0 + wh, x0, x0 + ww, device, dtype).expand(n, -1, -1, -1) / 255)
             batch = torch.cat(pixels)
             color = batch[:, :1].expand(-1, 3, -1, -1) if image.gray else batch[:, :3]
-            sr = model(color.to(dtype), torch.cat(codes).to(device, dtype), torch.cat(levels).to(device, dtype))[-1]
+            sr = model(color.to(dtype), torch.cat(codes), torch.cat(levels))[-1]
             for j, (wy, wx, y0, y1, x0, x1) in enumerate(group):
                 top, left = s * (y0 + py - wy), s * (x0 + px - wx)
                 rows, cols = slice(top, top + s * (y1 - y0)), slice(left, left + s * (x1 - x0))
