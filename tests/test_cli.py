@@ -1,5 +1,6 @@
 """The ``udvd`` command line: upscale over files and folders, output naming and overwrite rules, user errors."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_zoo import make_hf_cache, registry_entry, tiny_model, write_registry
 
-from udvd_triton import UDVD
+from udvd_triton import UDVD, files, imageio
 from udvd_triton.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,18 +104,26 @@ def test_overwrite_rules(ckpt: Path, tmp_path: Path, capsys) -> None:
         (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--model", "{ckpt}", "--half", "--device", "cpu"], "--half"),
         (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--model", "{ckpt}", "--device", "tpu9"], "invalid --device"),
         (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--model", "{ckpt}", "--noise", "999"], "0..255"),
-        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/ok.png", "--model", "{ckpt}"], "not a folder"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/ok.png", "--model", "{ckpt}"], "refusing to overwrite input"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/notes.txt", "--model", "{ckpt}"], "not a folder"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/notes.txt/o", "--model", "{ckpt}"], "not a folder"),
+        (["upscale", "{tmp}/ok.png", "{tmp}/ok.png", "-o", "{tmp}/o.png", "--model", "{ckpt}"], "give a folder"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o.jpg", "--model", "{ckpt}"], ".png, .tif, .tiff"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--sigma", "1", "--sigma-map", "{tmp}/ok.png"], "not both"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--noise-map", "{tmp}/ok.png"], "must be a grayscale image"),
+        (["upscale", "{tmp}/ok.png", "-o", "{tmp}/o", "--noise-map", "{tmp}/missing.npy"], "--noise-map not found"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(ckpt: Path, tmp_path: Path, capsys, argv, match) -> None:
     (tmp_path / "junk.png").write_bytes(b"this is no png")
+    (tmp_path / "notes.txt").write_text("a file")
     (tmp_path / "empty").mkdir()
     small_image(tmp_path / "ok.png")
     code, _, err = run([a.format(tmp=tmp_path, ckpt=ckpt) for a in argv], capsys)
     assert code == 2
     assert err.startswith("udvd: error: ") and match in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert not (tmp_path / "o").exists()  # nothing written
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.png").exists()  # nothing written
 
 
 def test_argparse_mistakes_exit_2(capsys) -> None:
@@ -179,3 +189,168 @@ def test_upscale_without_model_uses_the_registry_default(tmp_path: Path, capsys)
     assert code == 2 and "no default x4 model" in err  # until an x4 model is registered
     code, out, _ = run(["models"], capsys)
     assert code == 0 and "DEFAULT" in out.splitlines()[0]
+
+
+# --- issue 10: outputs are files or folders as asked, come back as they went in, and replace only our own files ---
+
+
+def test_output_file_for_one_input_and_folders_otherwise(ckpt: Path, tmp_path: Path, capsys) -> None:
+    """`-o result.png` with one input made a folder named result.png."""
+    src = small_image(tmp_path / "a.png")
+    code, out, _ = run(["upscale", str(src), "-o", str(tmp_path / "result.png"), "--model", str(ckpt)], capsys)
+    assert code == 0 and (tmp_path / "result.png").is_file() and f"wrote {tmp_path / 'result.png'}" in out
+    assert Image.open(tmp_path / "result.png").size == (18, 14)
+    (tmp_path / "dir.png").mkdir()  # an existing folder stays a folder, whatever its name
+    assert run(["upscale", str(src), "-o", str(tmp_path / "dir.png"), "--model", str(ckpt), "-q"], capsys)[0] == 0
+    assert (tmp_path / "dir.png" / "a_x2.png").is_file()
+    assert run(["upscale", str(src), "-o", str(tmp_path / "plain"), "--model", str(ckpt), "-q"], capsys)[0] == 0
+    assert (tmp_path / "plain" / "a_x2.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["gray16.png", "float.tif", "rgb16.png", "rgba16.tif", "gray8.png", "rgba8.png"])
+def test_bit_depth_and_channels_round_trip(ckpt: Path, tmp_path: Path, capsys, case: str) -> None:
+    """16-bit gray PNG came out white, float TIFF black, 16-bit RGB 8-bit."""
+    rng = np.random.default_rng(0)
+    arr = {
+        "gray16.png": (rng.random((9, 11)) * 65535).astype(np.uint16),
+        "float.tif": rng.random((9, 11)).astype(np.float32),
+        "rgb16.png": (rng.random((9, 11, 3)) * 65535).astype(np.uint16),
+        "rgba16.tif": (rng.random((9, 11, 4)) * 65535).astype(np.uint16),
+        "gray8.png": (rng.random((9, 11)) * 255).astype(np.uint8),
+        "rgba8.png": (rng.random((9, 11, 4)) * 255).astype(np.uint8),
+    }[case]
+    src = tmp_path / case
+    if case == "gray16.png":
+        Image.fromarray(arr).save(src)  # PIL's own 16-bit gray PNG (mode I;16)
+    elif case == "float.tif":
+        Image.fromarray(arr, mode="F").save(src)
+    else:
+        imageio.write_image(src, arr)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(ckpt), "-q"], capsys)
+    assert code == 0, err
+    dst = tmp_path / "out" / f"{src.stem}_x2{'.tif' if case.endswith('.tif') else '.png'}"
+    got, info = imageio.read_image(dst)
+    expected = UDVD.from_pretrained(ckpt).upscale(arr)
+    assert got.dtype == arr.dtype and got.shape == expected.shape and imageio.is_ours(dst)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_overwrite_replaces_only_our_own_outputs(ckpt: Path, tmp_path: Path, capsys) -> None:
+    src = small_image(tmp_path / "p.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = small_image(out / "p_x2.png")  # someone else's file at the output path
+    before = theirs.read_bytes()
+    args = ["upscale", str(src), "-o", str(out), "--model", str(ckpt), "-q"]
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert code == 2 and "not written by udvd-triton" in err and err.count("\n") == 1
+    assert theirs.read_bytes() == before
+    theirs.unlink()
+    (out / "p_x2.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link exists, and is never written through
+    code, _, err = run(args, capsys)
+    assert code == 2 and "output exists" in err
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert code == 2 and "symbolic link" in err and not (tmp_path / "nowhere.png").exists()
+    (out / "p_x2.png").unlink()
+    assert run(args, capsys)[0] == 0  # our own output ...
+    assert run([*args, "--overwrite"], capsys)[0] == 0  # ... is replaced
+
+
+def test_write_failure_keeps_the_old_output_and_stops(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A full disk replaced a good output with a truncated file."""
+    a, b = small_image(tmp_path / "a.png"), small_image(tmp_path / "b.png")
+    out = tmp_path / "out"
+    assert run(["upscale", str(a), "-o", str(out), "--model", str(ckpt), "-q"], capsys)[0] == 0
+    good = (out / "a_x2.png").read_bytes()
+    calls = []
+    upscale = UDVD.upscale
+    monkeypatch.setattr(UDVD, "upscale", lambda self, *x, **k: calls.append(1) or upscale(self, *x, **k))
+
+    def full(f, kind: bytes, data: bytes) -> None:  # noqa: ANN001
+        if kind == b"IDAT":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        f.write(data)
+
+    monkeypatch.setattr(imageio, "_png_chunk", full)
+    code, _, err = run(["upscale", str(a), str(b), "-o", str(out), "--model", str(ckpt), "--overwrite"], capsys)
+    assert code == 2 and err.startswith("udvd: error: ") and f"cannot write {out / 'a_x2.png'}" in err
+    assert "No space left" in err
+    assert err.count("\n") == 1 and len(calls) == 1  # b was never computed
+    assert (out / "a_x2.png").read_bytes() == good and sorted(p.name for p in out.iterdir()) == ["a_x2.png"]
+
+
+def test_unwritable_output_folder_is_refused_before_any_compute(ckpt: Path, tmp_path: Path, capsys, monkeypatch):
+    src = small_image(tmp_path / "a.png")
+    monkeypatch.setattr(UDVD, "upscale", lambda *a, **k: pytest.fail("computed before checking the output folder"))
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "ro"), "--model", str(ckpt)], capsys)
+    assert code == 2 and "cannot create files in" in err and err.count("\n") == 1
+
+
+def test_gif_is_read_in_folders_with_a_note(ckpt: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = [Image.new("RGB", (9, 7), c) for c in ("red", "blue")]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    code, _, err = run(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(ckpt)], capsys)
+    assert code == 0 and "anim.gif has 2 frames: only the first is used" in err
+    assert Image.open(tmp_path / "out" / "anim_x2.png").size == (18, 14)
+
+
+def test_out_of_memory_and_decompression_bombs_are_one_line(ckpt: Path, tmp_path: Path, capsys, monkeypatch):
+    src = small_image(tmp_path / "a.png", size=(40, 36))
+    monkeypatch.setattr(UDVD, "forward", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--tile", "500"], capsys)
+    assert code == 2 and "out of memory" in err and "Traceback" not in err.splitlines()[-1]
+    assert err.splitlines()[-1].startswith("udvd: error: out of memory")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt)], capsys)
+    assert code == 2 and "MAX_IMAGE_PIXELS" in err and err.count("\n") == 1
+
+
+def test_sigma_and_noise_maps(ckpt: Path, tmp_path: Path, capsys) -> None:
+    src = small_image(tmp_path / "a.png", size=(13, 11))
+    model = UDVD.from_pretrained(ckpt)
+    img = np.asarray(Image.open(src))
+
+    def upscaled(*flags: str) -> np.ndarray:
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}.png"
+        code, _, err = run(["upscale", str(src), "-o", str(out), "--model", str(ckpt), "-q", *flags], capsys)
+        assert code == 0, err
+        return np.asarray(Image.open(out))
+
+    np.save(tmp_path / "sigma.npy", np.full((4, 5), 1.5))
+    Image.fromarray(np.full((6, 6), 51, np.uint8)).save(tmp_path / "sigma.png")  # 51 / 63.75 = 0.8 HR pixels
+    Image.fromarray(np.full((3, 3), 20, np.uint8)).save(tmp_path / "noise8.png")  # level 20
+    Image.fromarray(np.full((3, 3), 20 * 257, np.uint16)).save(tmp_path / "noise16.png")  # level 20 in 16 bits
+    np.testing.assert_array_equal(upscaled("--sigma-map", str(tmp_path / "sigma.npy")),
+                                  model.upscale(img, blur_sigma=1.5))
+    np.testing.assert_array_equal(upscaled("--sigma-map", str(tmp_path / "sigma.png")),
+                                  model.upscale(img, blur_sigma=0.8))
+    expected = model.upscale(img, noise_level=20)
+    np.testing.assert_array_equal(upscaled("--noise-map", str(tmp_path / "noise8.png")), expected)
+    np.testing.assert_array_equal(upscaled("--noise-map", str(tmp_path / "noise16.png")), expected)
+    np.testing.assert_array_equal(upscaled("--noise", "auto-map"), model.upscale(img, noise_level="auto-map"))
+
+
+def test_progress_lines_when_not_on_a_terminal(ckpt: Path, tmp_path: Path, capsys) -> None:
+    a, b = small_image(tmp_path / "a.png"), small_image(tmp_path / "b.png")
+    code, _, err = run(["upscale", str(a), str(b), "-o", str(tmp_path / "o"), "--model", str(ckpt)], capsys)
+    assert code == 0 and "udvd: [1/2] " in err and "udvd: [2/2] " in err and "a_x2.png" in err
+
+
+def test_every_upscale_flag_has_help_with_its_default() -> None:
+    import argparse
+
+    from udvd_triton.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices["upscale"]
+    assert parser.description and len(parser.description) > 100
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help", "output"):
+            assert action.help and "default" in action.help, action.dest

@@ -145,6 +145,54 @@ def test_imresize_torch_batch_equals_numpy(scale):
     np.testing.assert_allclose(out32.numpy(), out.numpy(), atol=1e-5)
 
 
+def dense_resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
+    """The (out_len, in_len) weight matrix imresize used before its weights became banded (main 6868c21)."""
+    width = 4.0 / scale if scale < 1 else 4.0
+    u = np.arange(1, out_len + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - width / 2)
+    taps = int(math.ceil(width)) + 2
+    idx = left[:, None] + np.arange(taps)[None, :]
+    dist = u[:, None] - idx
+    w = scale * D._cubic(scale * dist) if scale < 1 else D._cubic(dist)
+    w = w / w.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    idx = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
+    mat = np.zeros((out_len, in_len))
+    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx.ravel()), w.ravel())
+    return mat
+
+
+@pytest.mark.parametrize(("in_len", "scale"), [(1, 2), (2, 0.25), (5, 3), (37, 0.5), (37, 1 / 3), (64, 0.25),
+                                               (30, 4), (3000, 2048 / 3000), (11, 1.7)])
+def test_banded_resize_weights_equal_the_dense_matrix(in_len: int, scale: float):
+    out_len = math.ceil(in_len * scale)
+    idx, w = D._resize_band(in_len, out_len, scale)
+    assert idx.shape == w.shape and idx.shape[0] == out_len and idx.shape[1] <= math.ceil(4 / min(scale, 1)) + 2
+    banded = np.zeros((out_len, in_len))
+    np.add.at(banded, (np.repeat(np.arange(out_len), idx.shape[1]), idx.ravel()), w.ravel())
+    np.testing.assert_allclose(banded, dense_resize_matrix(in_len, out_len, scale), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1 / 3, 0.25, 2, 3, 0.7])
+def test_imresize_equals_the_dense_matrix_product(scale):
+    img = np.random.default_rng(3).random((2, 3, 29, 41))
+    oh, ow = math.ceil(29 * scale), math.ceil(41 * scale)
+    expected = dense_resize_matrix(29, oh, scale) @ img @ dense_resize_matrix(41, ow, scale).T
+    out = D.imresize(torch.from_numpy(img), scale)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_resize_weights_are_cached_per_device_and_dtype():
+    D._resize_weights.cache_clear()
+    x = torch.rand(1, 1, 20, 30)
+    D.imresize(x, 0.5)
+    D.imresize(x, 0.5)
+    D.imresize(x.double(), 0.5)
+    info = D._resize_weights.cache_info()
+    assert (info.misses, info.hits) == (4, 2)  # one entry per (axis length, dtype); repeats copy nothing
+    assert info.maxsize is not None and D._resize_band.cache_info().maxsize is not None  # bounded
+
+
 @pytest.mark.parametrize(
     "img,msg",
     [(np.zeros((8, 8, 3), np.uint8), "dtype uint8"), (np.zeros((3, 8, 8)), "CHW"),
@@ -212,6 +260,60 @@ def test_degrade_numpy_noise_level_and_rng():
     assert white.max() > 1.0
 
 
+def variant_blur_reference(img: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Per-pixel true convolution with wrap-around borders, written as a plain loop: out[y, x] = sum_ij
+    K_yx[i, j] img[(y - i + p) mod H, (x - j + p) mod W]; kernels (H, W, k, k) for an (H, W, C) image."""
+    hh, ww, size = img.shape[0], img.shape[1], kernels.shape[-1]
+    p = size // 2
+    out = np.zeros_like(img)
+    for y in range(hh):
+        for x in range(ww):
+            rows = (y - np.arange(size) + p) % hh
+            cols = (x - np.arange(size) + p) % ww
+            out[y, x] = np.einsum("ij,ijc->c", kernels[y, x], img[rows][:, cols])
+    return out
+
+
+def test_spatially_variant_blur_against_a_per_pixel_loop():
+    rng = np.random.default_rng(4)
+    hr = rng.random((12, 16, 3))
+    kernels = rng.random((12, 16, 5, 5))
+    kernels /= kernels.sum(axis=(2, 3), keepdims=True)
+    x = torch.from_numpy(hr).permute(2, 0, 1)[None]
+    blurred = D._variant_blur(x, torch.from_numpy(kernels)[None])
+    np.testing.assert_allclose(blurred[0].permute(1, 2, 0).numpy(), variant_blur_reference(hr, kernels), atol=1e-12)
+    lr = D.degrade(hr, kernels, 2, 0.0)
+    np.testing.assert_allclose(lr, D.imresize(variant_blur_reference(hr, kernels), 0.5), atol=1e-12)
+    per_lr_pixel = kernels[::2, ::2]  # one kernel per LR pixel blurs its 2 x 2 HR block
+    np.testing.assert_allclose(D.degrade(hr, per_lr_pixel, 2, 0.0),
+                               D.imresize(variant_blur_reference(hr, per_lr_pixel.repeat(2, 0).repeat(2, 1)), 0.5),
+                               atol=1e-12)
+
+
+def test_uniform_per_pixel_kernels_and_noise_maps_equal_the_scalar_forms():
+    rng = np.random.default_rng(5)
+    hr = torch.from_numpy(rng.random((2, 3, 36, 48)))
+    k = torch.from_numpy(D.anisotropic_gaussian(15, 0.4, 2.0, 5.0))
+    for size in ((36, 48), (12, 16)):
+        per_pixel = k.expand(2, *size, 15, 15)
+        torch.testing.assert_close(D.degrade(hr, per_pixel, 3, 0.0), D.degrade(hr, k, 3, 0.0), atol=1e-12, rtol=0)
+    levels = torch.tensor([7.0, 30.0])
+    maps = levels.view(2, 1, 1).expand(2, 12, 16)
+    a = D.degrade(hr, k, 3, maps, rng=torch.Generator().manual_seed(1))
+    b = D.degrade(hr, k, 3, levels, rng=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_a_noise_map_sets_the_noise_per_pixel():
+    hr = np.full((96, 384, 3), 0.5)
+    level = np.broadcast_to(np.linspace(0, 60, 192), (48, 192))
+    lr = D.degrade(hr, D.isotropic_gaussian(15, 1.0), 2, level, rng=np.random.default_rng(0))
+    std = (lr - 0.5)[:, :, :].reshape(48, 8, 24, 3).std(axis=(0, 2, 3)) * 255  # 8 column bands
+    np.testing.assert_allclose(std, level[0].reshape(8, 24).mean(1), rtol=0.12, atol=0.5)
+    with pytest.raises(ValueError, match="LR size"):
+        D.degrade(hr, D.isotropic_gaussian(15, 1.0), 2, np.zeros((96, 384)))
+
+
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
@@ -223,6 +325,9 @@ def test_degrade_numpy_noise_level_and_rng():
         (dict(kernel=np.ones((15, 15))), "sum to 1"),
         (dict(hr=torch.zeros(2, 3, 24, 24), kernel=torch.ones(3, 15, 15) / 225), "N=2"),
         (dict(hr=torch.zeros(2, 3, 24, 24), noise_level=torch.ones(3)), "noise_level"),
+        (dict(hr=torch.zeros(2, 3, 24, 24), noise_level=torch.ones(24, 24)), r"\(h, w\) = \(12, 12\)"),
+        (dict(hr=torch.zeros(2, 3, 24, 24), kernel=torch.ones(8, 8, 15, 15) / 225), "per-pixel"),
+        (dict(kernel=np.ones((2, 15, 15)) / 225), "per-pixel"),
         (dict(rng=torch.Generator()), "np.random.Generator"),
         (dict(hr=torch.zeros(1, 3, 24, 24), rng=np.random.default_rng(0)), "torch.Generator"),
     ],

@@ -206,3 +206,15 @@ def test_clean_fraction_draws_noise_free_samples():
     assert noise[noise > 0].min() >= 10.0  # the others keep the noise range
     with pytest.raises(ValueError, match="clean_fraction"):
         SynthConfig(2, clean_fraction=1.5)
+
+
+def test_load_rgb_scales_16_bit_and_float_photos(tmp_path):
+    """I;16 photos came out white (clipped at 255): prepare-data would have trained on white crops."""
+    g16 = (np.linspace(0, 1, 40).reshape(5, 8) * 65535).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    rgb = load_rgb(tmp_path / "g16.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (5, 8, 3) and rgb.flags.writeable
+    np.testing.assert_array_equal(rgb[..., 0], np.round(g16 / 257).astype(np.uint8))
+    f = np.linspace(0, 1, 40, dtype=np.float32).reshape(5, 8)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(load_rgb(tmp_path / "f.tif")[..., 2], np.round(f * 255).astype(np.uint8))

@@ -10,12 +10,17 @@ like argparse does for a bad option. Anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
+from udvd_triton import files, imageio
 from udvd_triton.files import WriteError
-from udvd_triton.inference import DEFAULT_BLUR_SIGMA
+from udvd_triton.inference import CPU_TILE_BUDGET, DEFAULT_BLUR_SIGMA, MIN_TILE_RADII
 from udvd_triton.training import cli as training_cli
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -26,17 +31,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     PermissionError,
     WriteError,
+    MemoryError,  # upscale ran out of memory even with its smallest tile
+    torch.cuda.OutOfMemoryError,  # e.g. loading a model onto a full GPU
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = imageio.READ_SUFFIXES
+SIGMA_MAP_WHITE = 4.0  # blur width (HR pixels) of a white pixel in a --sigma-map image; black = no blur
+log = logging.getLogger("udvd_triton.cli")
 
 
 def _noise_arg(text: str) -> float | str:
-    if text == "auto":
+    if text in ("auto", "auto-map"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in 0..255 or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in 0..255, 'auto' or 'auto-map', got {text!r}") from None
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -56,48 +65,76 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _plan_outputs(inputs: list[Path], out_dir: Path, scale: int, overwrite: bool) -> list[Path]:
-    """``OUT/<stem>_x<scale>.png`` per input; refuses collisions, inputs as outputs, and (unless ``overwrite``)
-    existing files, before anything is written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output {out_dir} exists and is not a folder")
-    outputs = [out_dir / f"{p.stem}_x{scale}.png" for p in inputs]
-    resolved_inputs = {p.resolve() for p in inputs}
+def _output_is_file(output: Path, inputs: Sequence[str], count: int) -> bool:
+    """The rule for OUT: a file when it ends in an image suffix and is not an existing folder, which needs exactly one
+    input image given as a file; anything else is a folder."""
+    if output.is_dir() or output.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    if count != 1 or Path(inputs[0]).is_dir():
+        raise ValueError(f"-o {output} names an image file, but {count} input images are given: give a folder")
+    return True
+
+
+def _plan_outputs(
+    infos: list[imageio.ImageInfo], output: Path, as_file: bool, scale: int, overwrite: bool
+) -> list[Path]:
+    """Output paths, checked before any work: OUT itself (``as_file``) or ``OUT/<stem>_x<scale>.png`` (``.tif`` for
+    TIFF inputs) per input. Refuses formats that cannot hold an input's samples, collisions, inputs as outputs,
+    existing files without ``overwrite``, and, even with it, links and files that we did not write."""
+    if as_file:
+        outputs = [output]
+    else:
+        if files.exists(output) and not output.is_dir():
+            raise NotADirectoryError(f"output {output} exists and is not a folder")
+        outputs = [output / f"{i.path.stem}_x{scale}{'.tif' if i.reader == 'tiff' else '.png'}" for i in infos]
+    resolved_inputs = {i.path.resolve() for i in infos}
     seen: dict[Path, Path] = {}
-    for src, dst in zip(inputs, outputs):
+    for info, dst in zip(infos, outputs):
+        imageio.check_writable(dst, info.dtype, info.channels)
         if dst.resolve() in resolved_inputs:
-            raise ValueError(f"refusing to overwrite input {dst}: choose another output folder")
+            raise ValueError(f"refusing to overwrite input {dst}: choose another output")
         if dst in seen:
-            raise ValueError(f"inputs {seen[dst]} and {src} would both be written to {dst}")
-        seen[dst] = src
-    existing = [str(p) for p in outputs if p.exists()]
+            raise ValueError(f"inputs {seen[dst]} and {info.path} would both be written to {dst}")
+        seen[dst] = info.path
+    existing = [p for p in outputs if files.exists(p)]
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise FileExistsError(f"output exists: {existing[0]}{more} (use --overwrite to replace)")
+    for path in existing:
+        if path.is_symlink():
+            raise ValueError(f"refusing to replace {path}: it is a symbolic link (remove it or choose another output)")
+        if not imageio.is_ours(path):
+            raise ValueError(f"refusing to replace {path}, even with --overwrite: it was not written by udvd-triton "
+                             f"(no '{imageio.MARKER}' mark); move it away or choose another output")
+    files.check_writable_folder(output.parent if as_file else output)
     return outputs
 
 
-def _open_image(path: Path, decode: bool = True):  # -> PIL.Image.Image
-    """The image, upright (EXIF) in a mode ``upscale`` takes; ``decode=False`` only identifies the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _load_map(path: str, name: str, white: float):  # -> np.ndarray (h, w) float64
+    """A --sigma-map / --noise-map: a .npy (h, w) of values in the map's unit, or a grayscale image whose full scale
+    (255, or 65535 for 16 bits) is ``white`` (float images: values as they are)."""
+    import numpy as np
 
-    try:
-        with Image.open(path) as img:
-            if not decode:
-                return img
-            img = ImageOps.exif_transpose(img)
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    if img.mode not in ("L", "LA", "RGB", "RGBA"):
-        has_alpha = "A" in img.getbands() or "transparency" in img.info
-        img = img.convert("RGBA" if has_alpha else "RGB")
-    return img
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{name} not found: {file}")
+    if file.suffix.lower() == ".npy":
+        try:
+            values = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {name} {file}: {e}") from None
+        if values.ndim != 2 or values.dtype.kind not in "uif":
+            raise ValueError(f"{name} {file} must hold a 2-D array of numbers, got {values.dtype} {values.shape}")
+        return values.astype(np.float64)
+    values, info = imageio.read_image(file)
+    if info.channels != 1:
+        raise ValueError(f"{name} {file} must be a grayscale image, got {info.channels} channels")
+    if values.dtype.kind == "u":
+        return values * (white / np.iinfo(values.dtype).max)
+    return values.astype(np.float64)
 
 
-def _device(text: str | None, half: bool):  # -> tuple[torch.device, torch.dtype]
-    import torch
-
+def _device(text: str | None, half: bool) -> tuple[torch.device, torch.dtype]:
     try:
         device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -109,6 +146,17 @@ def _device(text: str | None, half: bool):  # -> tuple[torch.device, torch.dtype
     return device, torch.float16 if half else torch.float32
 
 
+def _degradation_args(args: argparse.Namespace) -> tuple[object, object]:
+    """(blur_sigma, noise_level) for ``upscale`` from --sigma / --sigma-map and --noise / --noise-map."""
+    if args.sigma is not None and args.sigma_map:
+        raise ValueError("give --sigma or --sigma-map, not both")
+    if args.noise is not None and args.noise_map:
+        raise ValueError("give --noise or --noise-map, not both")
+    sigma = _load_map(args.sigma_map, "--sigma-map", SIGMA_MAP_WHITE) if args.sigma_map else args.sigma
+    noise = _load_map(args.noise_map, "--noise-map", 255.0) if args.noise_map else args.noise
+    return (DEFAULT_BLUR_SIGMA if sigma is None else sigma), (0.0 if noise is None else noise)
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -116,19 +164,30 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from udvd_triton.zoo import default_model
 
     inputs = _collect_inputs(args.inputs)
-    for path in inputs:  # every input is an image before any work starts
-        _open_image(path, decode=False)
+    infos = [imageio.probe(path) for path in inputs]  # every input is an image we can read before any work starts
+    output = Path(args.output)
+    as_file = _output_is_file(output, args.inputs, len(inputs))
+    blur_sigma, noise_level = _degradation_args(args)
     device, dtype = _device(args.device, args.half)
     name = args.model or default_model(args.scale or 2)
     model = UDVD.from_pretrained(name, device=device, dtype=dtype, scale=args.scale)
-    out_dir = Path(args.output)
-    outputs = _plan_outputs(inputs, out_dir, model.scale, args.overwrite)
-    for src, dst in zip(tqdm(inputs, desc="upscaling", unit="img", disable=args.quiet or None), outputs):
-        sr = model.upscale(_open_image(src), blur_sigma=args.sigma, noise_level=args.noise, tile=args.tile)
-        out_dir.mkdir(parents=True, exist_ok=True)  # only once an argument mistake can no longer show up
-        sr.save(dst)
+    outputs = _plan_outputs(infos, output, as_file, model.scale, args.overwrite)
+    interactive = sys.stderr.isatty() and not args.quiet
+    bar = tqdm(total=len(inputs), desc="images", unit="img", disable=not interactive or len(inputs) == 1)
+    for i, (src, dst) in enumerate(zip(inputs, outputs), 1):
+        start = time.monotonic()
+        image, _ = imageio.read_image(src)
+        sr = model.upscale(image, blur_sigma=blur_sigma, noise_level=noise_level, tile=args.tile,
+                           progress=False if args.quiet else None)  # None: a bar when the image takes several batches
+        del image
+        dst.parent.mkdir(parents=True, exist_ok=True)  # only once an argument mistake can no longer show up
+        imageio.write_image(dst, sr)
+        bar.update(1)
+        if not interactive:
+            log.info("[%d/%d] %s -> %s (%.1f s)", i, len(inputs), src, dst, time.monotonic() - start)
+    bar.close()
     if not args.quiet:
-        print(f"wrote {len(outputs)} image(s) to {out_dir}")
+        print(f"wrote {outputs[0] if as_file else f'{len(outputs)} image(s) to {output}'}")
     return 0
 
 
@@ -156,24 +215,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "upscale",
         help="super-resolve images",
-        description="Super-resolve image files (or every image in given folders) into OUT as <stem>_x<scale>.png.",
+        description="Super-resolve image files, or every image in given folders, with a UDVD model. Each output "
+        "keeps its input's channels (gray, RGB, alpha) and bit depth (8, 16 bit, float) and is marked as written by "
+        "udvd-triton. OUT is a file when exactly one input file is given and OUT ends in an image suffix (.png, "
+        ".tif, .tiff) and is not an existing folder; otherwise OUT is a folder (created if missing) that receives "
+        "<stem>_x<scale>.png (.tif for TIFF inputs). The degradation the inputs went through (blur, noise) may be "
+        "given as numbers or as per-pixel maps.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images "
+                   f"({', '.join(IMAGE_SUFFIXES)}; animated images: the first frame)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
     p.add_argument("--model", default=None, help="registry name, checkpoint folder or .safetensors file, "
                    "or hf:owner/repo[@revision] (default: the registry's default model for --scale; see 'udvd models')")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None,
                    help="upscaling factor: picks the default model, and a --model of another scale is an error "
                    "(default: the model's scale, 2 without --model)")
-    p.add_argument("--sigma", type=float, default=DEFAULT_BLUR_SIGMA,
-                   help=f"width (std, HR pixels) of the Gaussian blur the input went through ({DEFAULT_BLUR_SIGMA})")
-    p.add_argument("--noise", type=_noise_arg, default=0.0, help="noise std on the 0..255 scale, or 'auto' (0)")
-    p.add_argument("--tile", type=int, default=None, help="LR tile size for large images (default: none on CPU, "
-                   "from free memory on CUDA)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda if available)")
-    p.add_argument("--half", action="store_true", help="float16 inference (CUDA)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--sigma", type=float, default=None, metavar="S",
+                   help="width (std, HR pixels) of the Gaussian blur the inputs went through; 0 = none "
+                   f"(default {DEFAULT_BLUR_SIGMA})")
+    p.add_argument("--sigma-map", metavar="FILE", help="per-pixel blur widths instead of --sigma: a .npy (h, w) of "
+                   f"widths in HR pixels, or a grayscale image, black = no blur, white = {SIGMA_MAP_WHITE:g} HR pixels "
+                   f"(8-bit: width = value / {255 / SIGMA_MAP_WHITE:g}); resized bilinearly to each input "
+                   "(default: none)")
+    p.add_argument("--noise", type=_noise_arg, default=None, metavar="N",
+                   help="std of the inputs' Gaussian noise on the 0..255 scale, 'auto' (one estimate per image) or "
+                   "'auto-map' (a local estimate per region) (default 0)")
+    p.add_argument("--noise-map", metavar="FILE", help="per-pixel noise levels instead of --noise: a .npy (h, w) "
+                   "on the 0..255 scale, or a grayscale image whose value is the level (8-bit: the value; 16-bit: "
+                   "value / 257); resized bilinearly to each input (default: none)")
+    p.add_argument("--tile", type=int, default=None, metavar="T",
+                   help="LR tile side in pixels for bounded memory; raised to at least "
+                   f"{MIN_TILE_RADII} receptive radii (default: automatic, from free GPU memory or available RAM, "
+                   f"at most {CPU_TILE_BUDGET >> 20} MiB of activations per batch on a CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--half", action="store_true", help="float16 inference, CUDA only (default: float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs, if udvd-triton wrote them "
+                   "(default: refuse to replace anything)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, notes or summary (default: shown)")
     p.set_defaults(handler=cmd_upscale)
     p = subparsers.add_parser(
         "models", help="list the model registry",
@@ -203,6 +281,26 @@ def run_command(argv: Sequence[str]) -> int:
     return args.handler(args)
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines on stderr through ``tqdm.write``, so that they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _configure_logging(quiet: bool) -> None:
+    """The package's notes (warnings) and, unless ``quiet``, progress lines (info) on stderr as ``udvd: ...``."""
+    logger = logging.getLogger("udvd_triton")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("udvd: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``udvd`` command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
@@ -210,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or an argparse usage error (already printed)
         return e.code if isinstance(e.code, int) else 2
+    _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         return args.handler(args)
     except USER_ERRORS as e:

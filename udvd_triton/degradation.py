@@ -167,13 +167,19 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
 
 
-@functools.lru_cache(maxsize=64)
-def _resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
-    """MATLAB imresize along one axis as an (out_len, in_len) float64 weight matrix: ``out = W @ in``.
+_BAND_CACHE_SIZE = 256  # (in, out, scale) bands: a few kB each
+_WEIGHT_CACHE_SIZE = 64  # device copies: at most (out_len * taps * 16) bytes each, e.g. 1.7 MB for 12000 px
 
-    Downscaling antialiases by stretching the kernel by 1/scale; out-of-range taps are mirrored with MATLAB's
-    symmetric rule (indices 1..n, n..1, repeated), so edge pixels are reused and their weights add up. A dense
-    matrix product beats gathering the <= 18 taps per output even on the CPU (BLAS), and is what GPUs do best.
+
+@functools.lru_cache(maxsize=_BAND_CACHE_SIZE)
+def _resize_band(in_len: int, out_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB imresize along one axis as banded weights: ``out[i] = sum_t w[i, t] * in[idx[i, t]]``.
+
+    Returns ``(idx, w)``, both (out_len, taps) read-only, int64 and float64, taps <= ceil(4 / min(scale, 1)) + 2
+    (6 when upscaling, 18 for a 1/4 shrink). Downscaling antialiases by stretching the kernel by 1/scale;
+    out-of-range taps are mirrored with MATLAB's symmetric rule (indices 1..n, n..1, repeated), so an index can
+    repeat within a row (its weights then add up, as in MATLAB's weight matrix). Memory is linear in the output
+    length, where the dense (out_len, in_len) matrix it replaces took 71 MB for one 3000 -> 2048 shrink.
     """
     width = 4.0
     if scale < 1:
@@ -188,14 +194,33 @@ def _resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
     w = w / w.sum(axis=1, keepdims=True)
     mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
     idx = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
-    mat = np.zeros((out_len, in_len))
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx.ravel()), w.ravel())
-    mat.setflags(write=False)
-    return mat
+    used = (w != 0).any(axis=0)  # the outermost taps are often zero for every output
+    idx, w = np.ascontiguousarray(idx[:, used]), np.ascontiguousarray(w[:, used])
+    idx.setflags(write=False)
+    w.setflags(write=False)
+    return idx, w
 
 
-def _resize_weights(in_len: int, out_len: int, scale: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(_resize_matrix(in_len, out_len, scale), dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=_WEIGHT_CACHE_SIZE)
+def _resize_weights(
+    in_len: int, out_len: int, scale: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_resize_band`` as tensors on ``device`` (weights in ``dtype``), cached so that repeated resizes of one
+    size (every training step) copy nothing from the host."""
+    idx, w = _resize_band(in_len, out_len, scale)
+    return torch.tensor(idx, device=device), torch.tensor(w, dtype=dtype, device=device)
+
+
+def _resize_along(x: torch.Tensor, dim: int, out_len: int, scale: float) -> torch.Tensor:
+    """Resize ``x`` along ``dim`` (2 or 3 of N, C, H, W): one gather and multiply-add per tap, so the extra memory
+    is one output-sized tensor whatever the image size."""
+    idx, w = _resize_weights(x.shape[dim], out_len, scale, x.device, x.dtype)
+    shape = [1] * x.dim()
+    shape[dim] = out_len
+    out = x.index_select(dim, idx[:, 0]).mul_(w[:, 0].view(shape))
+    for t in range(1, idx.shape[1]):
+        out.addcmul_(x.index_select(dim, idx[:, t]), w[:, t].view(shape))
+    return out
 
 
 def _check_image(img: np.ndarray | torch.Tensor, name: str) -> None:
@@ -248,9 +273,8 @@ def imresize(img: np.ndarray | torch.Tensor, scale: float) -> np.ndarray | torch
     if isinstance(img, np.ndarray):
         return _nchw_to_numpy(imresize(_numpy_to_nchw(img), scale), img.ndim).astype(img.dtype, copy=False)
     h, w = img.shape[-2:]
-    oh, ow = math.ceil(h * scale), math.ceil(w * scale)
-    x = img @ _resize_weights(w, ow, scale, img).T  # along W
-    return _resize_weights(h, oh, scale, img) @ x  # along H
+    # Rows first: gathering whole rows is cheaper than gathering columns, and a shrink leaves fewer columns to do.
+    return _resize_along(_resize_along(img, 2, math.ceil(h * scale), scale), 3, math.ceil(w * scale), scale)
 
 
 # --------------------------------------------------------------------------------------------------- degrade
@@ -268,23 +292,50 @@ def _circular_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
 
 
+def _variant_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Spatially variant ``_circular_blur``: (N, C, H, W) with per-pixel kernels (N, h, w, k, k), where (h, w) is
+    (H, W) (a kernel per pixel) or (H/s, W/s) (one per s x s block). Each output pixel is the true convolution of its
+    own kernel with the wrap-padded input, so equal kernels give ``_circular_blur``'s result. One multiply-add per
+    tap: memory a few image-sized tensors, never the (k*k)-fold unfolded image."""
+    n, c, hh, ww = x.shape
+    size = kernels.shape[-1]
+    p = size // 2
+    if p > hh or p > ww:
+        raise ValueError(f"image of size {hh}x{ww} is smaller than the kernel radius {p}")
+    block = hh // kernels.shape[1]
+    xp = F.pad(x, (p, p, p, p), mode="circular")
+    out = torch.zeros_like(x)
+    for i in range(size):
+        for j in range(size):
+            weight = kernels[..., i, j]
+            if block > 1:
+                weight = weight.repeat_interleave(block, 1).repeat_interleave(block, 2)
+            out.addcmul_(xp[:, :, 2 * p - i : 2 * p - i + hh, 2 * p - j : 2 * p - j + ww], weight[:, None])
+    return out
+
+
 def degrade(
     hr: np.ndarray | torch.Tensor,
     kernel: np.ndarray | torch.Tensor,
     scale: int,
-    noise_level: float | torch.Tensor,
+    noise_level: float | np.ndarray | torch.Tensor,
     rng: np.random.Generator | torch.Generator | None = None,
 ) -> np.ndarray | torch.Tensor:
     """SRMD degradation: circular blur by ``kernel`` -> ``imresize(.., 1/scale)`` -> AWGN of std noise_level/255.
 
-    The result is neither clipped to [0, 1] nor quantised (SRMD trains on the unclipped float LR image).
+    Blur and noise may vary over the image (the paper's spatially variant degradations): per-pixel kernels, at HR
+    size (a kernel per HR pixel) or LR size (one per LR pixel, blurring its scale x scale HR block), and a map of
+    noise levels at LR size. The result is neither clipped to [0, 1] nor quantised (SRMD trains on the unclipped
+    float LR image).
 
     Args:
         hr: numpy HWC (or HW) float image in [0, 1], or torch (N, C, H, W) float tensor on any device.
             H and W must be divisible by ``scale``.
-        kernel: odd (k, k) blur kernel summing to 1; for torch also per-sample (N, k, k). numpy or torch.
+        kernel: odd (k, k) blur kernel summing to 1, or per-pixel kernels (h, w, k, k) with (h, w) = (H, W) or
+            (H/scale, W/scale); for torch also per-sample (N, k, k) and (N, h, w, k, k). numpy or torch.
         scale: 2, 3 or 4.
-        noise_level: noise std on the 0..255 scale; for torch also a per-sample (N,) tensor.
+        noise_level: noise std on the 0..255 scale, or a map of them (H/scale, W/scale); for torch also per-sample
+            (N,) and (N, H/scale, W/scale).
         rng: ``np.random.Generator`` for numpy input, ``torch.Generator`` (on the image's device) for torch;
             ``None`` uses a fresh default generator / torch's global one.
 
@@ -300,16 +351,20 @@ def degrade(
         raise ValueError(f"HR size {h}x{w} must be divisible by scale {scale}; crop it first")
 
     if isinstance(hr, np.ndarray):
-        if isinstance(noise_level, torch.Tensor) and noise_level.numel() != 1:
-            raise ValueError("numpy images take a scalar noise_level")
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise ValueError(f"numpy images take rng=np.random.Generator, got {type(rng).__name__}")
-        k = torch.as_tensor(kernel, dtype=torch.float64)
-        if k.dim() != 2:
-            raise ValueError(f"numpy images take one (k, k) kernel, got shape {tuple(k.shape)}")
-        lr = _nchw_to_numpy(degrade(_numpy_to_nchw(hr), k, scale, 0.0), hr.ndim)  # float64
+        k = torch.as_tensor(np.asarray(kernel), dtype=torch.float64)
+        if k.dim() not in (2, 4):
+            raise ValueError(f"numpy images take one (k, k) kernel or per-pixel (h, w, k, k), got {tuple(k.shape)}")
+        sigma = np.asarray(noise_level, dtype=np.float64)
+        if sigma.ndim not in (0, 2):
+            raise ValueError(f"numpy images take a scalar noise_level or a map (h, w), got shape {sigma.shape}")
+        lr = _nchw_to_numpy(degrade(_numpy_to_nchw(hr), k if k.dim() == 2 else k[None], scale, 0.0), hr.ndim)
+        if sigma.ndim == 2 and sigma.shape != lr.shape[:2]:
+            raise ValueError(f"noise map must have the LR size {lr.shape[:2]}, got {sigma.shape}")
         rng = np.random.default_rng() if rng is None else rng
-        lr = lr + rng.standard_normal(lr.shape) * (float(noise_level) / 255.0)
+        noise_std = sigma / 255.0 if sigma.ndim == 0 or lr.ndim == 2 else sigma[..., None] / 255.0
+        lr = lr + rng.standard_normal(lr.shape) * noise_std
         return lr.astype(hr.dtype, copy=False)
 
     if rng is not None and not isinstance(rng, torch.Generator):
@@ -317,18 +372,33 @@ def degrade(
     n = hr.shape[0]
     k = torch.as_tensor(kernel).to(device=hr.device)
     _check_kernels(k)
-    if k.dim() == 2:
-        k = k.expand(n, -1, -1)
-    elif k.dim() != 3 or k.shape[0] != n:
-        raise ValueError(f"kernel must be (k, k) or (N, k, k) with N={n}, got shape {tuple(k.shape)}")
-    lr = imresize(_circular_blur(hr, k.to(hr.dtype)), 1 / scale)
-    if not isinstance(noise_level, torch.Tensor) and noise_level == 0:
+    if k.dim() in (2, 4):
+        k = k.expand(n, *k.shape)
+    if k.dim() == 3 and k.shape[0] == n:
+        blurred = _circular_blur(hr, k.to(hr.dtype))
+    elif k.dim() == 5 and k.shape[0] == n and k.shape[1:3] in ((h, w), (h // scale, w // scale)):
+        blurred = _variant_blur(hr, k.to(hr.dtype))
+    else:
+        raise ValueError(
+            f"kernel must be (k, k), (N, k, k), or per-pixel (h, w, k, k) / (N, h, w, k, k) with N={n} and (h, w) = "
+            f"{(h, w)} or {(h // scale, w // scale)}; got shape {tuple(k.shape)}"
+        )
+    lr = imresize(blurred, 1 / scale)
+    if not isinstance(noise_level, (torch.Tensor, np.ndarray)) and noise_level == 0:
         return lr
     sigma = torch.as_tensor(noise_level, dtype=hr.dtype, device=hr.device)
-    if sigma.dim() > 1 or (sigma.dim() == 1 and sigma.shape[0] not in (1, n)):
-        raise ValueError(f"noise_level must be a float or an (N,) tensor with N={n}, got shape {tuple(sigma.shape)}")
+    lr_size = tuple(lr.shape[-2:])
+    if sigma.dim() <= 1 and sigma.numel() in (1, n):
+        sigma = sigma.reshape(-1, 1, 1, 1)
+    elif sigma.dim() in (2, 3) and tuple(sigma.shape[-2:]) == lr_size and (sigma.dim() == 2 or sigma.shape[0] in (1, n)):
+        sigma = sigma.reshape(-1, 1, *lr_size)
+    else:
+        raise ValueError(
+            f"noise_level must be a float, an (N,) tensor, or a map (h, w) / (N, h, w) with N={n} and (h, w) = "
+            f"{lr_size}; got shape {tuple(sigma.shape)}"
+        )
     noise = torch.randn(lr.shape, generator=rng, device=lr.device, dtype=lr.dtype)
-    return lr + noise * (sigma.reshape(-1, 1, 1, 1) / 255.0)
+    return lr + noise * (sigma / 255.0)
 
 
 # --------------------------------------------------------------------------------------------------- kernel PCA

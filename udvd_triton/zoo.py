@@ -474,12 +474,17 @@ class ZooMixin(
     def upscale(
         self,
         img: Image.Image | np.ndarray | torch.Tensor,
-        blur_sigma: float = DEFAULT_BLUR_SIGMA,
-        noise_level: float | str = 0.0,
+        blur_sigma: float | np.ndarray | torch.Tensor = DEFAULT_BLUR_SIGMA,
+        noise_level: float | np.ndarray | torch.Tensor | str = 0.0,
         tile: int | None = None,
         *,
         kernel: np.ndarray | torch.Tensor | None = None,
+        code: np.ndarray | torch.Tensor | None = None,
+        progress: bool | None = None,
     ) -> Image.Image | np.ndarray | torch.Tensor:
-        """Super-resolve ``img``; see ``udvd_triton.inference.upscale`` for the arguments."""
+        """Super-resolve ``img``: same kind, mode and bit depth out. ``blur_sigma`` (HR pixels) and ``noise_level``
+        (0..255, "auto", "auto-map") take numbers or maps (h, w); ``kernel=`` one 15x15 kernel or per-pixel kernels
+        (h, w, 15, 15); memory stays bounded by tiling (``tile``). See ``udvd_triton.inference.upscale``."""
         model: Any = self
-        return upscale(model, img, blur_sigma=blur_sigma, noise_level=noise_level, tile=tile, kernel=kernel)
+        return upscale(model, img, blur_sigma=blur_sigma, noise_level=noise_level, tile=tile, kernel=kernel,
+                       code=code, progress=progress)

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from udvd_triton import files
 from udvd_triton.degradation import imresize
+from udvd_triton.imageio import read_image, to_rgb8
 
 MANIFEST = "manifest.json"
 FORMAT = "udvd-hr-crops"
@@ -58,9 +59,9 @@ def image_files(src: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB, EXIF orientation applied, alpha dropped."""
-    with Image.open(path) as img:
-        return np.array(ImageOps.exif_transpose(img).convert("RGB"))  # writable, unlike np.asarray
+    """Decode an image file to a new uint8 (H, W, 3) RGB array through ``imageio`` (EXIF orientation applied,
+    alpha dropped, gray replicated, 16-bit and float images scaled to 8 bits rather than clipped)."""
+    return to_rgb8(read_image(path)[0])
 
 
 def _shrink(img: np.ndarray, factor: float) -> np.ndarray:
