@@ -290,7 +290,7 @@ def dynamic_filter_forward(
     if out.numel() == 0:
         return out
     plane = scale * h * scale * w
-    block_c, block_p, warps = _tile(c, plane, 8 if depthwise else 16, x.is_cuda)
+    block_c, block_p, warps = _tile(c, plane, 8 if depthwise else 16, x.device.type != "cpu")
     grid = (n * triton.cdiv(c, block_c) * triton.cdiv(plane, block_p),)
     _dynamic_filter_fwd_kernel[grid](
         x, kernels, out, c, h, w, *x.stride(), *kernels.stride(), *out.stride(),
@@ -318,7 +318,7 @@ def dynamic_filter_grad_x(
     out = _output(out, (n, c, h, w), kernels)
     if out.numel() == 0:
         return out
-    block_c, block_p, warps = _tile(c, h * w, 8 if depthwise else 16, kernels.is_cuda)
+    block_c, block_p, warps = _tile(c, h * w, 8 if depthwise else 16, kernels.device.type != "cpu")
     grid = (n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)
     _dynamic_filter_dx_kernel[grid](
         grad_out, kernels, out, c, h, w, *grad_out.stride(), *kernels.stride(), *out.stride(),
@@ -346,7 +346,7 @@ def dynamic_filter_grad_kernels(
     if out.numel() == 0:
         return out
     # depthwise: BLOCK_C is the chunk of the in-program channel sum; full mode: a block of output channels
-    block_c, block_p, warps = _tile(c, h * w, 16, x.is_cuda)
+    block_c, block_p, warps = _tile(c, h * w, 16, x.device.type != "cpu")
     n_c = 1 if depthwise else triton.cdiv(c, block_c)
     grid = (n * n_c * triton.cdiv(h * w, block_p),)
     _dynamic_filter_dk_kernel[grid](
