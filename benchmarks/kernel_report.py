@@ -51,12 +51,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Trip count of each loop the SASS of a kernel has, in address order, from the case and the kernel's constexprs.
+# Trip count of each loop the SASS of a kernel has, in address order, from the case and the kernel's constexprs
+# (the depthwise kernels unroll their taps; only grad-kernels with more channels than one block loops, per tap).
 LoopTrips = Callable[[dict[str, Any], dict[str, Any]], list[int]]
 LOOP_TRIPS: dict[str, LoopTrips] = {
-    "_dynamic_filter_fwd_kernel": lambda case, k: [k["K"] ** 2],
-    "_dynamic_filter_dx_kernel": lambda case, k: [k["K"] ** 2],
-    "_dynamic_filter_dk_kernel": lambda case, k: [k["K"] ** 2, _cdiv(case["shape"][1], k["BLOCK_C"])] * k["S"] ** 2,
+    "_fwd_depthwise_kernel": lambda case, k: [],
+    "_dx_depthwise_kernel": lambda case, k: [],
+    "_dk_depthwise_kernel": lambda case, k: (
+        [] if k["ONE_BLOCK"] else [_cdiv(case["shape"][1], k["BLOCK_C"])] * k["K"] ** 2
+    ),
 }
 
 
@@ -100,38 +103,42 @@ def useful_fmas(case: dict[str, Any]) -> int:
     return n * c * h * w * case["scale"] ** 2 * case["kernel_size"] ** 2
 
 
-def report_row(row: dict[str, Any]) -> dict[str, Any]:
-    case, op = row["case"], row["op"]
+def launch_facts(row: dict[str, Any]) -> dict[str, Any]:
+    """What one launch (one compiled kernel and its grid) of an op contributes."""
     per_warp = executed_instructions(row)
-    warps = math.prod(row["grid"]) * row["num_warps"]
-    issue_rate = H200["sms"] * H200["issue_per_clock_per_sm"] * H200["clock_hz"]
-    nbytes = traffic_bytes(case, op)
-    estimate_us = warps * per_warp / issue_rate * 1e6
-    floor_us = nbytes / H200["copy_bandwidth_bytes_per_s"] * 1e6
     loops = [
         {"instructions": lp["instructions"], "barriers": lp["barriers"], "trips": t}
-        for lp, t in zip(row["loops"], LOOP_TRIPS[row["name"]](case, row["constants"]))
+        for lp, t in zip(row["loops"], LOOP_TRIPS[row["name"]](row["case"], row["constants"]))
     ]
+    keep = ("name", "grid", "num_warps", "constants", "registers", "spill_instructions", "stack_bytes",
+            "shared_bytes", "global_accesses", "shared_accesses", "sass_instructions", "barriers", "ffma")  # fmt: skip
+    return {
+        **{k: row[k] for k in keep},
+        "loops": loops,
+        "instructions_per_warp": per_warp,
+        "warp_instructions": math.prod(row["grid"]) * row["num_warps"] * per_warp,
+    }
+
+
+def report_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One op on one case: the launches it makes (depthwise: interior and edge column blocks) and their sum."""
+    case, op = rows[0]["case"], rows[0]["op"]
+    launches = [launch_facts(r) for r in rows]
+    issue_rate = H200["sms"] * H200["issue_per_clock_per_sm"] * H200["clock_hz"]
+    warp_instructions = sum(lf["warp_instructions"] for lf in launches)
+    nbytes = traffic_bytes(case, op)
+    estimate_us = warp_instructions / issue_rate * 1e6
+    floor_us = nbytes / H200["copy_bandwidth_bytes_per_s"] * 1e6
     return {
         "shape": case["name"],
         "dtype": case["x_dtype"],
         "op": OP_NAMES[op],
-        "kernel": row["name"],
-        "constants": row["constants"],
-        "grid": row["grid"],
-        "num_warps": row["num_warps"],
-        "registers": row["registers"],
-        "spill_instructions": row["spill_instructions"],
-        "stack_bytes": row["stack_bytes"],
-        "shared_bytes": row["shared_bytes"],
-        "global_accesses": row["global_accesses"],
-        "shared_accesses": row["shared_accesses"],
-        "sass_instructions": row["sass_instructions"],
-        "barriers": row["barriers"],
-        "loops": loops,
-        "instructions_per_warp": per_warp,
-        "warp_instructions": warps * per_warp,
-        "thread_instructions_per_useful_fma": warps * per_warp * 32 / useful_fmas(case),
+        "launches": launches,
+        "registers": max(lf["registers"] for lf in launches),
+        "spill_instructions": sum(lf["spill_instructions"] for lf in launches),
+        "stack_bytes": max(lf["stack_bytes"] for lf in launches),
+        "warp_instructions": warp_instructions,
+        "thread_instructions_per_useful_fma": warp_instructions * 32 / useful_fmas(case),
         "bytes": nbytes,
         "issue_bound_us_static_estimate": estimate_us,
         "bandwidth_floor_us": floor_us,
@@ -140,17 +147,25 @@ def report_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per (shape, dtype, op); per launch: registers, spill instructions, global loads / stores by width,
+    SASS instructions (per loop: body instructions / barriers x trips)."""
     lines = [
-        "| shape | dtype | kernel | regs | spills | smem B | global ld / st (by bits) | SASS (loop body / bar) "
+        "| shape | dtype | kernel | launch: grid, regs, spills, global ld / st by bits, SASS (loop body / bar x trips) "
         "| instr / FMA | issue est. us | floor us | est / floor |",
-        "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        acc = ", ".join(f"{k} x{v}" for k, v in r["global_accesses"].items())
-        body = "; ".join(f"{lp['instructions']} / {lp['barriers']} x{lp['trips']}" for lp in r["loops"]) or "no loop"
+        parts = []
+        for lf in r["launches"]:
+            acc = " ".join(f"{k}x{v}" for k, v in lf["global_accesses"].items())
+            body = "; ".join(f"{lp['instructions']}/{lp['barriers']} x{lp['trips']}" for lp in lf["loops"])
+            edge = " edge" if lf["constants"].get("MASKED") else ""
+            parts.append(
+                f"{lf['grid'][0]}{edge}: {lf['registers']} regs, {lf['spill_instructions']} spills, {acc}, "
+                f"{lf['sass_instructions']} SASS{f' ({body})' if body else ''}, {lf['barriers']} bar"
+            )
         lines.append(
-            f"| {r['shape']} | {r['dtype']} | {r['op']} | {r['registers']} | {r['spill_instructions']} | "
-            f"{r['shared_bytes']} | {acc} | {r['sass_instructions']} ({body}) | "
+            f"| {r['shape']} | {r['dtype']} | {r['op']} | {'<br>'.join(parts)} | "
             f"{r['thread_instructions_per_useful_fma']:.2f} | {r['issue_bound_us_static_estimate']:.0f} | "
             f"{r['bandwidth_floor_us']:.0f} | {r['estimate_over_floor']:.2f} |"
         )
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    from udvd_triton.kernels.cross_compile import build_cases, nvidia_backend_available
+    from udvd_triton.kernels.cross_compile import OPS, build_cases, nvidia_backend_available
 
     if not nvidia_backend_available():
         print("kernel_report.py needs Triton's NVIDIA backend (ptxas, cuobjdump)", file=sys.stderr)
@@ -183,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
          "x_dtype": dt, "kernels_dtype": dt}
         for name, shape, s, k in SHAPES for dt in DTYPES
     ]  # fmt: skip
-    rows = [report_row(r) for r in build_cases(cases)]
+    built = build_cases(cases)
+    rows = [report_row([b for b in built if b["case"] is case and b["op"] == op]) for case in cases for op in OPS]
     result = {
         "what": "static estimates from the sm_90 build, no GPU involved: issue-bound time vs bandwidth floor",
         "target": "cuda sm_90 (triton.backends.compiler.GPUTarget('cuda', 90, 32); Triton builds sm_90a)",
