@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +151,7 @@ def global_access_widths(instructions: list[tuple[int, str, str]]) -> dict[str, 
 
 # ---- launching on meta tensors ---------------------------------------------------------------------------------------
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 OPS = ("forward", "grad_x", "grad_kernels")
 
 
@@ -237,10 +238,11 @@ def build_cases(cases: list[dict[str, Any]], ops: tuple[str, ...] = OPS) -> list
     with compile_only() as compiled:
         for case in cases:
             for op in ops:
-                before = len(compiled)
+                before, start = len(compiled), time.perf_counter()
                 launch(case, op)
+                seconds = (time.perf_counter() - start) / max(1, len(compiled) - before)
                 for kernel, grid in compiled[before:]:
-                    rows.append({"case": case, "op": op, "grid": grid, **kernel_facts(kernel)})
+                    rows.append({"case": case, "op": op, "grid": grid, "compile_seconds": seconds, **kernel_facts(kernel)})
     return rows
 
 

@@ -179,8 +179,8 @@ def _fwd_depthwise_kernel(
     i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
     w = w0 + tl.arange(0, BW)[None, None, :, None]
     j = tl.arange(0, SP)[None, None, None, :]
-    sub_ok = (i < S) & (j < S)  # all true unless s = 3 (padded to 4)
-    k_pix = k_ptr + n * skn + h * skh + w * skw + (i * S + j) * skc
+    sub_ok = (i < S) & (j < S)  # all true unless s = 3 (padded to 4): padding sub-pixels read a real one
+    k_pix = k_ptr + n * skn + h * skh + w * skw + (tl.minimum(i, S - 1) * S + tl.minimum(j, S - 1)) * skc
     x_pix = x_ptr + n * sxn + c * sxc + h * sxh + w * sxw
     acc = tl.zeros([BLOCK_C, SIB, BW, SP], dtype=ACC)
     for dy in tl.static_range(K):
@@ -190,13 +190,10 @@ def _fwd_depthwise_kernel(
                 k_tap = k_pix + ((dx * K + dy) * S * S) * skc
                 x_tap = x_row + (dx - P) * sxw
                 if MASKED:
-                    wt = tl.load(k_tap, mask=(w < W) & sub_ok)
+                    wt = tl.load(k_tap, mask=w < W)
                     xv = tl.load(x_tap, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
-                elif SP == S:
-                    wt = tl.load(k_tap)
-                    xv = tl.load(x_tap)
                 else:
-                    wt = tl.load(k_tap, mask=sub_ok)
+                    wt = tl.load(k_tap)
                     xv = tl.load(x_tap)
                 acc += _widen(xv, ACC) * _widen(wt, ACC)
 
@@ -234,15 +231,17 @@ def _dx_depthwise_kernel(
     # that the compiler's vector width matches the tile instead of regrouping the lanes
     x = w0 + tl.max_contiguous(tl.arange(0, BW), BW // LANES)[None, None, :, None]
     j = tl.arange(0, SP)[None, None, None, :]
+    # s = 3 pads the sub-pixels to 4: the padding ones read a real one and are zeroed (constants: folds away)
     sub_ok = (i < S) & (j < S)
+    ia, ja = tl.minimum(i, S - 1), tl.minimum(j, S - 1)
     # the LR pixel (y, x) and its sub-pixels; tap (dy, dx) shifts both by (P - dy, P - dx) LR pixels
-    k_pix = k_ptr + n * skn + y * skh + x * skw + (i * S + j) * skc
-    g_rows = g_ptr + n * sgn + c[:, None, None, None] * sgc + (S * y + i) * sgh
+    k_pix = k_ptr + n * skn + y * skh + x * skw + (ia * S + ja) * skc
+    g_rows = g_ptr + n * sgn + c[:, None, None, None] * sgc + (S * y + ia) * sgh
     if SP == S:  # grad_out as 16-byte runs of HR columns (the forward's store pattern), HR column q
         q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
         g_pix = g_rows[:, :, :, :, None] + q * sgw
     else:
-        g_pix = g_rows + (S * x + j) * sgw
+        g_pix = g_rows + (S * x + ja) * sgw
     acc = tl.zeros([BLOCK_C, SP, BW, SP], dtype=ACC)
     # one branch per tap (dy inner): the grad_out windows of neighbouring taps overlap, and merging their loads
     # across taps would keep a whole window row per channel and sub-pixel row live (spills)
@@ -252,7 +251,7 @@ def _dx_depthwise_kernel(
                 k_tap = k_pix + (P - dy) * skh + (P - dx) * skw + ((dx * K + dy) * S * S) * skc
                 g_tap = g_pix + (S * (P - dy)) * sgh + (S * (P - dx)) * sgw
                 if MASKED:
-                    ok = (x - dx + P >= 0) & (x - dx + P < W) & sub_ok
+                    ok = (x - dx + P >= 0) & (x - dx + P < W)
                     wt = tl.load(k_tap, mask=ok, other=0.0)
                     if SP == S:
                         gv = tl.load(g_tap, mask=(q + S * (P - dx) >= 0) & (q + S * (P - dx) < S * W), other=0.0)
@@ -263,9 +262,13 @@ def _dx_depthwise_kernel(
                     wt = tl.load(k_tap)
                     gv = _from_runs(tl.load(g_tap), BLOCK_C, SP, BW, S, E, LANES)
                 else:
-                    wt = tl.load(k_tap, mask=sub_ok, other=0.0)
-                    gv = tl.load(g_tap, mask=sub_ok, other=0.0)
-                acc += _widen(gv, ACC) * _widen(wt, ACC)
+                    wt = tl.load(k_tap)
+                    gv = tl.load(g_tap)
+                wt, gv = _widen(wt, ACC), _widen(gv, ACC)
+                if SP != S:
+                    wt = tl.where(sub_ok, wt, 0.0)
+                    gv = tl.where(sub_ok, gv, 0.0)
+                acc += gv * wt
 
     dxv = tl.sum(tl.sum(acc, axis=3), axis=1)
     xo = w0 + tl.arange(0, BW)[None, :]
@@ -274,11 +277,11 @@ def _dx_depthwise_kernel(
 
 
 @triton.jit
-def _load_hr(rows, col_stride, w0, W, ok, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S: tl.constexpr,
+def _load_hr(rows, col_stride, w0, W, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S: tl.constexpr,
              SP: tl.constexpr, E: tl.constexpr, LANES: tl.constexpr, MASKED: tl.constexpr, ACC: tl.constexpr):
-    """grad_out at the block's HR pixels, [BLOCK_C, SIB, BW, SP], in the accumulator's layout and dtype, zero where
-    the [1, SIB, BW, SP] mask ``ok`` is false. ``rows``: [BLOCK_C, SIB, 1, 1] pointers to column 0 of the HR rows.
-    With SP == S as 16-byte runs of HR columns (:func:`_to_runs`); s = 3 pads the sub-pixels and loads per element."""
+    """grad_out at the block's HR pixels, [BLOCK_C, SIB, BW, SP], in the accumulator's layout and dtype, zero beyond
+    column W (MASKED). ``rows``: [BLOCK_C, SIB, 1, 1] pointers to column 0 of the HR rows. With SP == S as 16-byte
+    runs of HR columns (:func:`_to_runs`); s = 3 pads the sub-pixels to 4, the padding ones reading a real one."""
     if SP == S:
         q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
         ptr = rows[:, :, :, :, None] + q * col_stride
@@ -288,8 +291,10 @@ def _load_hr(rows, col_stride, w0, W, ok, BLOCK_C: tl.constexpr, SIB: tl.constex
             v = tl.load(ptr)
         return _widen(_from_runs(v, BLOCK_C, SIB, BW, S, E, LANES), ACC)
     w = w0 + tl.arange(0, BW)[None, None, :, None]
-    j = tl.arange(0, SP)[None, None, None, :]
-    return _widen(tl.load(rows + (S * w + j) * col_stride, mask=ok, other=0.0), ACC)
+    j = tl.minimum(tl.arange(0, SP), S - 1)[None, None, None, :]
+    if MASKED:
+        return _widen(tl.load(rows + (S * w + j) * col_stride, mask=w < W, other=0.0), ACC)
+    return _widen(tl.load(rows + (S * w + j) * col_stride), ACC)
 
 
 @triton.jit
@@ -316,12 +321,12 @@ def _dk_depthwise_kernel(
     j = tl.arange(0, SP)[None, None, None, :]
     g_ok = (w < W) & (i < S) & (j < S)
     d_pix = dk_ptr + n * sdn + h * sdh + w * sdw + (i * S + j) * sdc
-    g_rows = g_ptr + n * sgn + (S * h + i) * sgh
+    g_rows = g_ptr + n * sgn + (S * h + tl.minimum(i, S - 1)) * sgh
     x_pix = x_ptr + n * sxn + h * sxh + w * sxw
     if ONE_BLOCK:  # every channel in registers: grad_out is loaded once, not once per tap
         c, c_ok = _channels(0, C, BLOCK_C, C_STATIC)
         c = c[:, None, None, None]
-        g_all = _load_hr(g_rows + c * sgc, sgw, w0, W, g_ok, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+        g_all = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
         if C_STATIC != 0:
             g_all = tl.where(c_ok[:, None, None, None], g_all, 0.0)
         x_chan = x_pix + c * sxc
@@ -343,7 +348,7 @@ def _dk_depthwise_kernel(
                     for c0 in range(0, C, BLOCK_C):
                         c, c_ok = _channels(c0 // BLOCK_C, C, BLOCK_C, C_STATIC)
                         c = c[:, None, None, None]
-                        gv = _load_hr(g_rows + c * sgc, sgw, w0, W, g_ok, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+                        gv = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
                         if MASKED:
                             xv = tl.load(x_pix + c * sxc + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
                         else:
@@ -517,7 +522,6 @@ def _index_dtype(*tensors: torch.Tensor) -> tl.dtype:
 # operation, so its channel blocks are as large as the problem.
 _ACC_PER_THREAD = 64
 _INTERPRETER_MAX_CHANNELS = 64
-DX_ACC = 64
 
 
 def _depthwise_tile(
@@ -551,6 +555,12 @@ def _column_launches(width: int, vec: int, pad: int) -> list[tuple[int, int, int
     return [launch for launch in launches if launch[1] > 0]
 
 
+def _rows_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every row of every tensor starts on 16 bytes, as far as Triton can tell (it specialises integer
+    arguments divisible by 16, so strides in elements must be multiples of 16 for it to emit vector loads)."""
+    return all(st % 16 == 0 or size == 1 for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]))
+
+
 def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, sub_rows, channel_sum=False,
                       run_bytes=None, acc=_ACC_PER_THREAD):  # fmt: skip
     """Launch a depthwise kernel on (a, b) -> out over every (sample, row, column block, channel block, sub-pixel-row
@@ -561,8 +571,11 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     zero-filled loads need registers too)."""
     on_gpu = out.device.type != "cpu"
     sp = triton.next_power_of_2(scale)
+    if not _rows_aligned(a, b, out):  # no vector loads possible: one column per thread
+        vec = 1
     for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
-        block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc // 2 if masked and not channel_sum else acc)
+        edge_acc = acc // 2 if sp < 4 else acc // 4
+        block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, edge_acc if masked and not channel_sum else acc)
         n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
         constants = dict(
             K=kernel_size, S=scale, SP=sp, SIB=sib, BLOCK_C=block_c, BW=_LANES * vec, LANES=_LANES,
@@ -665,10 +678,13 @@ def dynamic_filter_grad_x(
     if out.numel() == 0:
         return out
     if depthwise:
-        # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3
-        vec = min(4, _vec(kernels), max(1, DX_ACC // 2 // triton.next_power_of_2(scale) ** 2))
+        # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
+        # fewer channels when one tap's weights take more than 64 bytes of registers per thread (fp32 at s = 4)
+        sp2 = triton.next_power_of_2(scale) ** 2
+        vec = min(4, _vec(kernels), max(1, _ACC_PER_THREAD // 2 // sp2))
+        acc = _ACC_PER_THREAD if sp2 * vec * kernels.element_size() <= 64 else _ACC_PER_THREAD // 2
         _launch_depthwise(_dx_depthwise_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size,
-                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=DX_ACC)  # fmt: skip
+                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc)  # fmt: skip
         return out
     block_c, block_p, warps = _full_tile(c, h * w, out.device.type != "cpu")
     _dx_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)](

@@ -65,6 +65,7 @@ DEPTHWISE_CASES = [  # (n, c, h, w, s, k)
     (1, 3, 1, 6, 4, 3),
     (1, 2, 5, 1, 2, 9),
     (1, 5, 4, 4, 3, 1),
+    (1, 3, 5, 272, 2, 5),  # rows on 16 bytes, wide enough for interior (unmasked) column blocks at GPU block sizes
 ]
 FULL_CASES = [
     (1, 3, 4, 5, 2, 1),
@@ -92,17 +93,42 @@ def test_half_precision(dtype, depthwise, c, s, k):
     check_against_reference(*make_inputs(2, c, 5, 6, s, k, depthwise, dtype), s, k, depthwise, dtype)
 
 
-@pytest.mark.parametrize(("s", "k"), [(2, 3), (3, 3)])
-def test_many_programs_with_partial_tiles(monkeypatch, s, k):
+@pytest.mark.parametrize("kernels_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("depthwise", "c", "s", "k"), [(True, 3, 2, 5), (True, 3, 3, 3), (False, 2, 2, 3)])
+def test_mixed_dtypes_fp32_image_half_kernels(kernels_dtype, depthwise, c, s, k):
+    """fp32 x with bf16 / fp16 kernels, as autocast produces: no cast of the kernels, fp32 accumulation; y and dx in
+    x's dtype (fp32 accuracy: the products of the exact half-precision values are exact in fp32), dkernels in the
+    kernels' dtype."""
+    x, kern = make_inputs(2, c, 5, 6, s, k, depthwise)
+    kern = kern.to(kernels_dtype)
+    x.requires_grad_()
+    kern.requires_grad_()
+    y = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="triton")
+    grad_out = torch.randn(y.shape, device=y.device)
+    dx, dk = torch.autograd.grad(y, (x, kern), grad_out)
+    assert (y.dtype, dx.dtype, dk.dtype) == (torch.float32, torch.float32, kernels_dtype)
+    ref_y, ref_dx, ref_dk = reference(x, kern, s, k, depthwise, grad_out)
+    assert max(rel_err(y, ref_y), rel_err(dx, ref_dx)) <= TOL[torch.float32]
+    assert rel_err(dk, ref_dk) <= TOL[kernels_dtype]
+    # the torch reference takes the same mixed inputs and gives the same dtypes
+    ry = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="torch")
+    rdx, rdk = torch.autograd.grad(ry, (x, kern), grad_out)
+    assert (ry.dtype, rdx.dtype, rdk.dtype) == (torch.float32, torch.float32, kernels_dtype)
+    assert rel_err(ry, ref_y) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 32), (3, 3, 11)])
+def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
     """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one, interior column blocks
-    (the unmasked launch) and edge blocks on both sides, and for the full mode small flattened-plane tiles."""
+    (the unmasked launch) and edge blocks on both sides, and for the full mode small flattened-plane tiles. W = 32:
+    rows on 16 bytes, several columns per thread; W = 11: one column per thread."""
     monkeypatch.setattr(df, "_LANES", 2)  # blocks of 2 * (16 bytes / itemsize) columns
     sub_rows = lambda scale, split: 1 if split else triton.next_power_of_2(scale)  # noqa: E731
     monkeypatch.setattr(df, "_depthwise_tile", lambda c, scale, vec, split, on_gpu, acc=0: (2, sub_rows(scale, split)))
     monkeypatch.setattr(df, "_full_tile", lambda channels, plane, on_gpu: (2, 32, 1))
     for depthwise in (True, False):
         kk = k if depthwise else 1
-        check_against_reference(*make_inputs(1, 3, 4, 21, s, kk, depthwise), s, kk, depthwise, torch.float32)
+        check_against_reference(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32)
 
 
 @pytest.mark.parametrize("depthwise", [True, False])
