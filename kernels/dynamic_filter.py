@@ -534,7 +534,7 @@ def _depthwise_tile(
     block_c = triton.next_power_of_2(channels)
     if not on_gpu:
         return min(block_c, _INTERPRETER_MAX_CHANNELS), sp
-    block_c = min(block_c, 16 if sp == 1 else 4)
+    block_c = min(block_c, 4)
     sib = sp
     while sub_rows and sib > 1 and block_c * sib * sp * vec > acc:
         sib //= 2
@@ -679,10 +679,11 @@ def dynamic_filter_grad_x(
         return out
     if depthwise:
         # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
-        # fewer channels when one tap's weights take more than 64 bytes of registers per thread (fp32 at s = 4)
+        # fewer channels when one channel's tap takes more than 64 bytes of registers per thread (fp32 at s >= 3)
         sp2 = triton.next_power_of_2(scale) ** 2
         vec = min(4, _vec(kernels), max(1, _ACC_PER_THREAD // 2 // sp2))
-        acc = _ACC_PER_THREAD if sp2 * vec * kernels.element_size() <= 64 else _ACC_PER_THREAD // 2
+        itemsize = max(kernels.element_size(), grad_out.element_size())
+        acc = _ACC_PER_THREAD if sp2 * vec * itemsize <= 64 else _ACC_PER_THREAD // 2
         _launch_depthwise(_dx_depthwise_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size,
                           vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc)  # fmt: skip
         return out
