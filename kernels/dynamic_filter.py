@@ -71,13 +71,12 @@ _LANES = 32  # threads of the one warp a depthwise program runs on (tests lower 
 
 
 @triton.jit
-def _program(n_cb, n_sb, H, first, count, skip_at, skip, BW: tl.constexpr, LANES: tl.constexpr):
+def _program(n_cb, n_sb, H, first, count, skip_at, skip, BW: tl.constexpr):
     """Decode the flat grid: channel block fastest (programs reading the same kernels values run side by side),
     then sub-pixel-row block, column block, LR row, sample. A launch covers ``count`` column blocks of BW columns
-    per row, the first starting at column ``first * V`` (V = BW / LANES, so that the compiler sees the alignment);
-    blocks from ``skip_at`` on start ``skip * V`` columns further (the edge launch's right-hand blocks).
-    Returns (sample as int64, channel block, sub-pixel-row block, row, first column of the block)."""
-    V: tl.constexpr = BW // LANES
+    per row from block ``first`` on; those from ``skip_at`` on are ``skip`` blocks further (the edge launch's
+    right-hand blocks). Returns (sample as int64, channel block, sub-pixel-row block, row, first column of the
+    block, a multiple of BW that the compiler sees: LLVM then merges the overlapping loads of neighbouring taps)."""
     pid = tl.program_id(0)
     cb = pid % n_cb
     rest = pid // n_cb
@@ -85,7 +84,7 @@ def _program(n_cb, n_sb, H, first, count, skip_at, skip, BW: tl.constexpr, LANES
     rest = rest // n_sb
     e = rest % count
     rest = rest // count
-    w0 = (first + tl.where(e >= skip_at, skip, 0)) * V + e * BW
+    w0 = (first + e + tl.where(e >= skip_at, skip, 0)) * BW
     return tl.cast(rest // H, tl.int64), cb, sb, rest % H, w0
 
 
@@ -170,7 +169,7 @@ def _fwd_depthwise_kernel(
     ACC: tl.constexpr, IDX: tl.constexpr,
 ):
     P: tl.constexpr = (K - 1) // 2
-    n, cb, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW, LANES)
+    n, cb, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
     sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
     skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
     syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
@@ -221,7 +220,7 @@ def _dx_depthwise_kernel(
 ):
     # dx[c, y, x] = sum_{t, i, j} g[c, S*h+i, S*w+j] * K[t*S*S + i*S+j, h, w] with (h, w) = (y-dy+P, x-dx+P)
     P: tl.constexpr = (K - 1) // 2
-    n, cb, _, y, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW, LANES)
+    n, cb, _, y, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
     sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
     skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
     sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
@@ -312,7 +311,7 @@ def _dk_depthwise_kernel(
     # dK[t*S*S + i*S+j, h, w] = sum_c x[c, h+dy-P, w+dx-P] * g[c, S*h+i, S*w+j]; grad_out and x are zero where
     # masked (edge blocks, padding sub-pixels and channels), since both enter the channel sum
     P: tl.constexpr = (K - 1) // 2
-    n, _, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW, LANES)
+    n, _, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
     sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
     sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
     sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
@@ -545,13 +544,13 @@ def _depthwise_tile(
 
 def _column_launches(width: int, vec: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
     """(first, count, skip_at, skip, masked) of the launches that cover a row with blocks of LANES * vec columns (see
-    :func:`_program`; first and skip in units of vec columns): the interior blocks, every tap of every pixel inside
-    the image, no masks; and the edge blocks at both ends, with masks."""
+    :func:`_program`): the interior blocks, every tap of every pixel inside the image, no masks; and the edge
+    blocks at both ends, with masks."""
     block = _LANES * vec
     n = triton.cdiv(width, block)
     lo = min(n, triton.cdiv(pad, block))  # first block with w0 >= pad
     hi = max(lo, (width - pad) // block)  # blocks before it end at least pad columns before the right edge
-    launches = [(lo * _LANES, hi - lo, hi - lo, 0, False), (0, lo + n - hi, lo, (hi - lo) * _LANES, True)]
+    launches = [(lo, hi - lo, hi - lo, 0, False), (0, lo + n - hi, lo, hi - lo, True)]
     return [launch for launch in launches if launch[1] > 0]
 
 
