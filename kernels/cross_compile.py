@@ -242,7 +242,8 @@ def build_cases(cases: list[dict[str, Any]], ops: tuple[str, ...] = OPS) -> list
                 launch(case, op)
                 seconds = (time.perf_counter() - start) / max(1, len(compiled) - before)
                 for kernel, grid in compiled[before:]:
-                    rows.append({"case": case, "op": op, "grid": grid, "compile_seconds": seconds, **kernel_facts(kernel)})
+                    facts = kernel_facts(kernel)
+                    rows.append({"case": case, "op": op, "grid": grid, "compile_seconds": seconds, **facts})
     return rows
 
 

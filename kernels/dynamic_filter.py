@@ -32,8 +32,14 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
   it, in a ``[BLOCK_C, SP, BW, SP]`` accumulator summed over the sub-pixels once at the end.
 * Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
   not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
-  each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (16-byte
-  stores along w). More channels than a block: per tap, a loop over channel blocks.
+  each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
+  stores along w: 16 bytes, 8 for 16-bit kernels). More channels than a block: per tap, a loop over channel
+  blocks.
+* s = 3 pads the sub-pixel axes to 4: the padding sub-pixels read a real one and are never stored (grad-x, which
+  sums over sub-pixels, zeroes them with constant masks that fold away). When rows do not start on 16 bytes (widths
+  that are not multiples of 16 elements) no vector access exists and a thread takes one column.
+* Register budgets (:func:`_depthwise_tile`, the launchers) keep every build spill-free; tests/test_kernels_sm90.py
+  compiles the specialisation families for sm_90 in CI and benchmarks/kernel_report.py reports the rest.
 
 Full mode (depthwise=False) keeps the simpler flattened-plane kernels with run-time tap and channel loops: the
 model does not use it, and its per-pixel C x C matrices make it compute-heavy rather than bandwidth-bound.
@@ -575,6 +581,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
         edge_acc = acc // 2 if sp < 4 else acc // 4
         block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, edge_acc if masked and not channel_sum else acc)
+        if channel_sum and c > block_c:  # grad_out re-loaded per tap and channel block: registers for two tiles
+            block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc // 4 if masked else acc // 2)
         n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
         constants = dict(
             K=kernel_size, S=scale, SP=sp, SIB=sib, BLOCK_C=block_c, BW=_LANES * vec, LANES=_LANES,
