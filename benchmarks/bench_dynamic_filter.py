@@ -33,7 +33,12 @@ CASES = [
     ("rgb-1920x1080", 1, 3, 1080, 1920, 2, 5, True),
     ("feat64-480x270", 1, 64, 270, 480, 2, 5, True),
 ]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# name -> (x dtype, kernels dtype); "fp32+bf16" is what the model runs under bf16 autocast (image fp32, kernels bf16)
+DTYPES = {
+    "fp32": (torch.float32, torch.float32),
+    "bf16": (torch.bfloat16, torch.bfloat16),
+    "fp32+bf16": (torch.float32, torch.bfloat16),
+}
 
 
 def pixelconv_unfold(
@@ -41,8 +46,10 @@ def pixelconv_unfold(
 ) -> torch.Tensor:
     """The reference UDVD implementation's PixelConv: unfold k x k patches, one small matmul per pixel, pixel shuffle.
 
-    Materialises the (N, H, W, C, k*k) patch tensor and the (N, C*s*s, H, W) pre-shuffle output.
+    Materialises the (N, H, W, C, k*k) patch tensor and the (N, C*s*s, H, W) pre-shuffle output; kernels of
+    another dtype than x are cast to x's first (a matmul takes one dtype), as the model used to do.
     """
+    kernels = kernels.to(x.dtype)
     n, c, h, w = x.shape
     k, p = kernel_size, (kernel_size - 1) // 2
     patches = F.pad(x, [p] * 4).unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H, W, ky, kx)
@@ -81,26 +88,27 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
-def traffic(n, c, h, w, s, k, depthwise, itemsize: int, backward: bool) -> int:
+def traffic(n, c, h, w, s, k, depthwise, x_bytes: int, k_bytes: int, backward: bool) -> int:
     """Compulsory bytes: forward reads x and kernels and writes y; the backward reads grad_out, x and kernels and
-    writes dx and dkernels (each tensor once, the least any implementation can move)."""
-    x = n * c * h * w
-    kern = n * kernel_channels(c, s, k, depthwise) * h * w
+    writes dx and dkernels (each tensor once, the least any implementation can move). x, y, grad_out and dx have
+    x's itemsize, kernels and dkernels the kernels'."""
+    x = n * c * h * w * x_bytes
+    kern = n * kernel_channels(c, s, k, depthwise) * h * w * k_bytes
     y = x * s * s
-    elems = x + kern + y
     if backward:
-        elems += y + x + kern + x + kern
-    return elems * itemsize
+        return 3 * x + 2 * y + 3 * kern
+    return x + kern + y
 
 
-def bench_one(fn, case, dtype, backward: bool, warmup: int, iters: int, sets: int) -> dict:
+def bench_one(fn, case, dtypes, backward: bool, warmup: int, iters: int, sets: int) -> dict:
     name, n, c, h, w, s, k, depthwise = case
+    x_dtype, k_dtype = dtypes
     inputs = []
     for _ in range(sets):
-        x = torch.randn(n, c, h, w, device="cuda", dtype=dtype, requires_grad=backward)
-        kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device="cuda", dtype=dtype)
+        x = torch.randn(n, c, h, w, device="cuda", dtype=x_dtype, requires_grad=backward)
+        kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device="cuda", dtype=k_dtype)
         kern.requires_grad_(backward)
-        grad = torch.randn(n, c, s * h, s * w, device="cuda", dtype=dtype) if backward else None
+        grad = torch.randn(n, c, s * h, s * w, device="cuda", dtype=x_dtype) if backward else None
         inputs.append((x, kern, grad))
 
     def step(i):  # returns every tensor the step made, so the caller frees them before the next one
@@ -126,11 +134,11 @@ def bench_one(fn, case, dtype, backward: bool, warmup: int, iters: int, sets: in
     return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_extra_mib": peak / 2**20}
 
 
-def check_against_unfold(case, dtype) -> float:
-    """max |triton - unfold| / max |unfold| on one input, both computed in float32 from the same dtype inputs."""
+def check_against_unfold(case, dtypes) -> float:
+    """max |triton - unfold| / max |unfold| on one input, both computed in float32 from the same inputs."""
     _, n, c, h, w, s, k, depthwise = case
-    x = torch.randn(n, c, h, w, device="cuda", dtype=dtype)
-    kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device="cuda", dtype=dtype)
+    x = torch.randn(n, c, h, w, device="cuda", dtype=dtypes[0])
+    kern = torch.randn(n, kernel_channels(c, s, k, depthwise), h, w, device="cuda", dtype=dtypes[1])
     ref = pixelconv_unfold(x.float(), kern.float(), s, k, depthwise)
     got = triton_op(x, kern, s, k, depthwise).float()
     return float((got - ref).abs().max() / ref.abs().max())
@@ -162,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         name, n, c, h, w, s, k, depthwise = case
         for dname in args.dtypes:
-            dtype = DTYPES[dname]
-            err = check_against_unfold(case, dtype)
+            dtypes = DTYPES[dname]
+            err = check_against_unfold(case, dtypes)
             for backward in (False, True):
-                nbytes = traffic(n, c, h, w, s, k, depthwise, dtype.itemsize, backward)
+                nbytes = traffic(n, c, h, w, s, k, depthwise, dtypes[0].itemsize, dtypes[1].itemsize, backward)
                 floor_ms = nbytes / bw * 1e3
                 for impl in args.impls:
                     try:
-                        r = bench_one(IMPLS[impl], case, dtype, backward, warmup, iters, args.sets)
+                        r = bench_one(IMPLS[impl], case, dtypes, backward, warmup, iters, args.sets)
                     except torch.cuda.OutOfMemoryError:
                         r = {"median_ms": None, "min_ms": None, "peak_extra_mib": None, "error": "out of memory"}
                     torch.cuda.empty_cache()

@@ -3,27 +3,59 @@
 Layouts and formulas are those of :mod:`udvd_triton.ops` (API.md "Dynamic filter op"); ``t = dx*k + dy`` is the tap,
 ``sub = i*s + j`` the sub-pixel, ``p = (k-1)//2``.
 
-Design
+Depthwise kernels (what the model runs)
+---------------------------------------
+The op is memory-bound: per high-resolution output pixel the forward moves 25 kernel values (k=5) and ~4 image
+values, and does 25 multiply-adds per channel. The kernels are built so that the instructions they issue stay
+below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 build):
+
+* One warp per program, one LR row ``h`` per program, ``BW = 32*V`` consecutive LR columns: each thread owns ``V``
+  consecutive columns (``V*itemsize = 16`` bytes of the kernels tensor) and, in registers, every channel of the
+  channel block and every sub-pixel. Loads of the kernels tensor are 16-byte vectors, and x / grad_out / weights
+  all arrive in the accumulator's own register layout: no shared memory, no barrier.
+* The k*k taps are unrolled (``tl.static_range``); rows outside the image are skipped by a branch that is uniform
+  over the program (h is), so the row part of the zero padding costs nothing per element.
+* The column part costs nothing either in *interior* column blocks (every tap inside the image): they are a
+  separate launch compiled with ``MASKED=False``, without any mask, so LLVM also merges the overlapping x loads of
+  neighbouring taps. Only the first / last column blocks of each row (``MASKED=True``) test columns per element.
+* Channels are a tensor axis inside the thread (``BLOCK_C``), so the weights of a pixel are loaded once per
+  channel block; the channel block is the fastest program index, so the programs sharing those weights run side by
+  side and the kernels tensor comes from DRAM once (from L2 for the other channel blocks) whatever C is. When C is
+  smaller than the block (RGB: 3 of 4) the count is compiled in (``C_STATIC``): the padding channel's loads fold
+  away.
+* Forward: ``y[c, s*h+i, s*w+j] += x[c, h+dy-p, w+dx-p] * K[t*s*s + i*s + j, h, w]``, accumulator
+  ``[BLOCK_C, SIB, BW, SP]`` (SIB sub-pixel rows per program, SP = s rounded up to a power of two). The thread's
+  ``V x s`` values of one HR row are consecutive HR columns; :func:`_to_runs` relabels them (no data moves) so
+  the store is 16-byte vectors too.
+* Grad-x (gather form, no atomics): the program owns ``dx[c, y, x0:x0+BW]`` and sums, over taps and sub-pixels,
+  ``grad_out[c, s*h+i, s*w+j] * K[t*s*s+i*s+j, h, w]`` at the LR pixel ``(h, w) = (y-dy+p, x-dx+p)`` that reads
+  it, in a ``[BLOCK_C, SP, BW, SP]`` accumulator summed over the sub-pixels once at the end.
+* Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
+  not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
+  each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
+  stores along w: 16 bytes, 8 for 16-bit kernels). More channels than a block: per tap, a loop over channel
+  blocks.
+* s = 3 pads the sub-pixel axes to 4: the padding sub-pixels read a real one and are never stored (grad-x, which
+  sums over sub-pixels, zeroes them with constant masks that fold away). When rows do not start on 16 bytes (widths
+  that are not multiples of 16 elements) no vector access exists and a thread takes one column.
+* Register budgets (:func:`_depthwise_tile`, the launchers) keep every build spill-free; tests/test_kernels_sm90.py
+  compiles the specialisation families for sm_90 in CI and benchmarks/kernel_report.py reports the rest.
+
+Full mode (depthwise=False) keeps the simpler flattened-plane kernels with run-time tap and channel loops: the
+model does not use it, and its per-pixel C x C matrices make it compute-heavy rather than bandwidth-bound.
+
+Common
 ------
-* Forward: one program per (sample n, channel block, run of ``BLOCK_Q`` consecutive elements of the flattened
-  high-resolution plane). Element ``r`` is HR row ``oh = r // (s*W)`` = ``s*h+i`` and column ``q`` = ``s*w+j``, so a
-  program writes one contiguous run of the pixel-shuffled output (coalesced stores, also for narrow images) and no
-  unfold or (N, C*s*s, H, W) tensor ever exists. Depthwise: the tile is [channels, plane run]; per tap, the weight of
-  each element is loaded once and applied to the whole channel block. Full mode: the tile is [output channels, plane
-  run]; per (input channel, tap) one input value per element is loaded and applied to all output channels.
-* Grad wrt x (gather form, no atomics): one program per (n, channel block, run of the flattened LR plane) owns its
-  ``dx`` elements and sums, over taps and sub-pixels, grad_out at the LR pixel ``(y-dy+p, x-dx+p)`` times that
-  pixel's weight. Every weight is read once per channel block.
-* Grad wrt kernels: one program per (n, run of the LR plane[, output-channel block in full mode]) writes
-  ``dK[n, t*s*s+sub, h, w]`` runs; depthwise sums x_pad * grad_out over channels inside the program (a reduction
-  along the tile's channel axis), full mode is an outer product and needs no reduction at all.
-* All programs of a launch sit on grid axis 0 (decoded in the kernel) so no grid-axis limit applies. Sample bases are
-  int64; offsets inside a sample are int32 unless a tensor's per-sample extent reaches 2**31 (then ``IDX`` = int64).
 * Inputs are read through their strides, never copied: a ``.contiguous()`` of a channels-last kernels tensor (the
-  largest tensor) would add a read and a write of it, more than doubling the traffic of the RGB op.
-* fp16/bf16/fp32 accumulate in fp32, float64 (used by gradcheck) in float64; results have the input dtype.
-* Tiles: about 1024 accumulators on a GPU, long along the contiguous plane axis; under the interpreter as large as the
-  problem allows. A heuristic, no autotuning (which the interpreter cannot run).
+  largest tensor) would add a read and a write of it. Sample bases are int64; offsets inside a sample are int32
+  unless a tensor's per-sample extent reaches 2**31 (then ``IDX`` = int64, and every offset product is formed in
+  IDX before multiplying by a stride).
+* x and kernels may have different float dtypes (fp32 x with bf16 kernels under autocast): each is loaded in its
+  own dtype and converted in registers; fp16/bf16/fp32 accumulate in fp32, float64 (gradcheck) in float64.
+  Results: y and dx in x's dtype, dkernels in kernels' dtype.
+* fp contraction (FMA) is requested explicitly (``enable_fp_fusion=True``; Triton's default changes in 3.10).
+* Tile sizes come from :func:`_depthwise_tile`; under the interpreter the same kernels run with bigger channel
+  blocks (every program costs Python overhead there), so the code tested on the CPU is the code a GPU runs.
 """
 
 from __future__ import annotations
@@ -38,6 +70,310 @@ from udvd_triton.ops import check_inputs, kernel_channels
 
 # Triton reads TRITON_INTERPRET when kernels are defined; CPU tensors can only run under the interpreter.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_LANES = 32  # threads of the one warp a depthwise program runs on (tests lower it to get many column blocks)
+
+
+# ---- depthwise kernels ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _program(n_cb, n_sb, H, first, count, skip_at, skip, BW: tl.constexpr):
+    """Decode the flat grid: channel block fastest (programs reading the same kernels values run side by side),
+    then sub-pixel-row block, column block, LR row, sample. A launch covers ``count`` column blocks of BW columns
+    per row from block ``first`` on; those from ``skip_at`` on are ``skip`` blocks further (the edge launch's
+    right-hand blocks). Returns (sample as int64, channel block, sub-pixel-row block, row, first column of the
+    block, a multiple of BW that the compiler sees: LLVM then merges the overlapping loads of neighbouring taps)."""
+    pid = tl.program_id(0)
+    cb = pid % n_cb
+    rest = pid // n_cb
+    sb = rest % n_sb
+    rest = rest // n_sb
+    e = rest % count
+    rest = rest // count
+    w0 = (first + e + tl.where(e >= skip_at, skip, 0)) * BW
+    return tl.cast(rest // H, tl.int64), cb, sb, rest % H, w0
+
+
+@triton.jit
+def _channels(cb, C, BLOCK_C: tl.constexpr, C_STATIC: tl.constexpr):
+    """Channel indices of block ``cb`` for addresses (clamped into range) and whether each is real.
+
+    C_STATIC > 0: one block holds all C_STATIC < BLOCK_C channels, known when compiling, so both results are
+    constants and the padding channels' loads fold away. C_STATIC == 0: BLOCK_C divides C. C_STATIC < 0: ragged.
+    """
+    if C_STATIC > 0:
+        c = tl.arange(0, BLOCK_C)
+        return tl.minimum(c, C_STATIC - 1), c < C_STATIC
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    if C_STATIC == 0:
+        return c, tl.full([BLOCK_C], 1, tl.int1)
+    return tl.minimum(c, C - 1), c < C
+
+
+@triton.jit
+def _widen(v, ACC: tl.constexpr):
+    """v in the accumulator dtype. bf16 widens by a 16-bit shift, written out as integer ops so that LLVM turns the
+    upper half of a loaded pair into one mask (its own bf16 extension costs a byte permute plus a shift)."""
+    if v.dtype == tl.bfloat16:
+        v = (v.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    return v.to(ACC)
+
+
+@triton.jit
+def _strides(s0, s1, s2, s3, IDX: tl.constexpr):
+    """A tensor's strides in the offset type, so that index * stride never wraps in int32 when IDX is int64."""
+    return tl.cast(s0, IDX), tl.cast(s1, IDX), tl.cast(s2, IDX), tl.cast(s3, IDX)
+
+
+@triton.jit
+def _to_runs(t, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr,
+             LANES: tl.constexpr):
+    """[BLOCK_C, SIB, BW, S] (LR column, sub-pixel column) -> [BLOCK_C, SIB, G, LANES, E], element (g, l, e) being
+    HR column ``l*V*S + g*E + e`` of the block (V = BW/LANES LR columns per thread). Thread l's registers already
+    hold exactly those G runs of E consecutive HR columns, so this is a relabelling that moves no data, after which
+    the store is G E-wide vectors per thread."""
+    V: tl.constexpr = BW // LANES
+    G: tl.constexpr = V * S // E
+    t = tl.reshape(t, [BLOCK_C, SIB, LANES, G, E // S, S])
+    t = tl.permute(t, [0, 1, 3, 2, 4, 5])
+    return tl.reshape(t, [BLOCK_C, SIB, G, LANES, E])
+
+
+@triton.jit
+def _from_runs(t, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr,
+               LANES: tl.constexpr):
+    """The inverse of :func:`_to_runs`: a tile loaded as 16-byte runs of HR columns, in the accumulator's layout."""
+    V: tl.constexpr = BW // LANES
+    G: tl.constexpr = V * S // E
+    t = tl.reshape(t, [BLOCK_C, SIB, G, LANES, E // S, S])
+    t = tl.permute(t, [0, 1, 3, 2, 4, 5])
+    return tl.reshape(t, [BLOCK_C, SIB, BW, S])
+
+
+@triton.jit
+def _run_columns(w0, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr, LANES: tl.constexpr):
+    """HR column of each element of a [G, LANES, E] run tile of the block starting at LR column w0 (see
+    :func:`_to_runs`)."""
+    V: tl.constexpr = BW // LANES
+    G: tl.constexpr = V * S // E
+    g = tl.arange(0, G)[:, None, None]
+    lane = tl.arange(0, LANES)[None, :, None]
+    e = tl.arange(0, E)[None, None, :]
+    return S * w0 + lane * (V * S) + g * E + e
+
+
+@triton.jit
+def _fwd_depthwise_kernel(
+    x_ptr, k_ptr, y_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    skn, skc, skh, skw,
+    syn, syc, syh, syw,
+    n_cb, n_sb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
+    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr,
+):
+    P: tl.constexpr = (K - 1) // 2
+    n, cb, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
+    syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
+    c, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
+    c = c[:, None, None, None]
+    i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
+    w = w0 + tl.arange(0, BW)[None, None, :, None]
+    j = tl.arange(0, SP)[None, None, None, :]
+    sub_ok = (i < S) & (j < S)  # all true unless s = 3 (padded to 4): padding sub-pixels read a real one
+    k_pix = k_ptr + n * skn + h * skh + w * skw + (tl.minimum(i, S - 1) * S + tl.minimum(j, S - 1)) * skc
+    x_pix = x_ptr + n * sxn + c * sxc + h * sxh + w * sxw
+    acc = tl.zeros([BLOCK_C, SIB, BW, SP], dtype=ACC)
+    for dy in tl.static_range(K):
+        if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program: rows outside the image add nothing
+            x_row = x_pix + (dy - P) * sxh
+            for dx in tl.static_range(K):
+                k_tap = k_pix + ((dx * K + dy) * S * S) * skc
+                x_tap = x_row + (dx - P) * sxw
+                if MASKED:
+                    wt = tl.load(k_tap, mask=w < W)
+                    xv = tl.load(x_tap, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
+                else:
+                    wt = tl.load(k_tap)
+                    xv = tl.load(x_tap)
+                acc += _widen(xv, ACC) * _widen(wt, ACC)
+
+    out = acc.to(y_ptr.dtype.element_ty)
+    y_base = y_ptr + n * syn + c * syc + (S * h + i) * syh
+    if SP == S:  # 16-byte runs of consecutive HR columns
+        q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
+        ok = c_ok[:, None, None, None, None] & (q < S * W)
+        tl.store(y_base[:, :, :, :, None] + q * syw, _to_runs(out, BLOCK_C, SIB, BW, S, E, LANES), mask=ok)
+    else:
+        tl.store(y_base + (S * w + j) * syw, out, mask=c_ok[:, None, None, None] & (w < W) & sub_ok)
+
+
+@triton.jit
+def _dx_depthwise_kernel(
+    g_ptr, k_ptr, dx_ptr,
+    C, H, W,
+    sgn, sgc, sgh, sgw,
+    skn, skc, skh, skw,
+    sdn, sdc, sdh, sdw,
+    n_cb, n_sb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
+    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr,
+):
+    # dx[c, y, x] = sum_{t, i, j} g[c, S*h+i, S*w+j] * K[t*S*S + i*S+j, h, w] with (h, w) = (y-dy+P, x-dx+P)
+    P: tl.constexpr = (K - 1) // 2
+    n, cb, _, y, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
+    sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
+    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
+    sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
+    c, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
+    i = tl.arange(0, SP)[None, :, None, None]
+    # V = BW / LANES columns per thread even where V columns of kernels are less than 16 bytes (bf16: 8 bytes), so
+    # that the compiler's vector width matches the tile instead of regrouping the lanes
+    x = w0 + tl.max_contiguous(tl.arange(0, BW), BW // LANES)[None, None, :, None]
+    j = tl.arange(0, SP)[None, None, None, :]
+    # s = 3 pads the sub-pixels to 4: the padding ones read a real one and are zeroed (constants: folds away)
+    sub_ok = (i < S) & (j < S)
+    ia, ja = tl.minimum(i, S - 1), tl.minimum(j, S - 1)
+    # the LR pixel (y, x) and its sub-pixels; tap (dy, dx) shifts both by (P - dy, P - dx) LR pixels
+    k_pix = k_ptr + n * skn + y * skh + x * skw + (ia * S + ja) * skc
+    g_rows = g_ptr + n * sgn + c[:, None, None, None] * sgc + (S * y + ia) * sgh
+    if SP == S:  # grad_out as 16-byte runs of HR columns (the forward's store pattern), HR column q
+        q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
+        g_pix = g_rows[:, :, :, :, None] + q * sgw
+    else:
+        g_pix = g_rows + (S * x + ja) * sgw
+    acc = tl.zeros([BLOCK_C, SP, BW, SP], dtype=ACC)
+    # one branch per tap (dy inner): the grad_out windows of neighbouring taps overlap, and merging their loads
+    # across taps would keep a whole window row per channel and sub-pixel row live (spills)
+    for dx in tl.static_range(K):
+        for dy in tl.static_range(K):
+            if (y - dy + P >= 0) & (y - dy + P < H):
+                k_tap = k_pix + (P - dy) * skh + (P - dx) * skw + ((dx * K + dy) * S * S) * skc
+                g_tap = g_pix + (S * (P - dy)) * sgh + (S * (P - dx)) * sgw
+                if MASKED:
+                    ok = (x - dx + P >= 0) & (x - dx + P < W)
+                    wt = tl.load(k_tap, mask=ok, other=0.0)
+                    if SP == S:
+                        gv = tl.load(g_tap, mask=(q + S * (P - dx) >= 0) & (q + S * (P - dx) < S * W), other=0.0)
+                        gv = _from_runs(gv, BLOCK_C, SP, BW, S, E, LANES)
+                    else:
+                        gv = tl.load(g_tap, mask=ok, other=0.0)
+                elif SP == S:
+                    wt = tl.load(k_tap)
+                    gv = _from_runs(tl.load(g_tap), BLOCK_C, SP, BW, S, E, LANES)
+                else:
+                    wt = tl.load(k_tap)
+                    gv = tl.load(g_tap)
+                wt, gv = _widen(wt, ACC), _widen(gv, ACC)
+                if SP != S:
+                    wt = tl.where(sub_ok, wt, 0.0)
+                    gv = tl.where(sub_ok, gv, 0.0)
+                acc += gv * wt
+
+    dxv = tl.sum(tl.sum(acc, axis=3), axis=1)
+    xo = w0 + tl.arange(0, BW)[None, :]
+    d_off = n * sdn + c[:, None] * sdc + y * sdh + xo * sdw
+    tl.store(dx_ptr + d_off, dxv.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (xo < W))
+
+
+@triton.jit
+def _load_hr(rows, col_stride, w0, W, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S: tl.constexpr,
+             SP: tl.constexpr, E: tl.constexpr, LANES: tl.constexpr, MASKED: tl.constexpr, ACC: tl.constexpr):
+    """grad_out at the block's HR pixels, [BLOCK_C, SIB, BW, SP], in the accumulator's layout and dtype, zero beyond
+    column W (MASKED). ``rows``: [BLOCK_C, SIB, 1, 1] pointers to column 0 of the HR rows. With SP == S as 16-byte
+    runs of HR columns (:func:`_to_runs`); s = 3 pads the sub-pixels to 4, the padding ones reading a real one."""
+    if SP == S:
+        q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
+        ptr = rows[:, :, :, :, None] + q * col_stride
+        if MASKED:
+            v = tl.load(ptr, mask=q < S * W, other=0.0)
+        else:
+            v = tl.load(ptr)
+        return _widen(_from_runs(v, BLOCK_C, SIB, BW, S, E, LANES), ACC)
+    w = w0 + tl.arange(0, BW)[None, None, :, None]
+    j = tl.minimum(tl.arange(0, SP), S - 1)[None, None, None, :]
+    if MASKED:
+        return _widen(tl.load(rows + (S * w + j) * col_stride, mask=w < W, other=0.0), ACC)
+    return _widen(tl.load(rows + (S * w + j) * col_stride), ACC)
+
+
+@triton.jit
+def _dk_depthwise_kernel(
+    x_ptr, g_ptr, dk_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    sgn, sgc, sgh, sgw,
+    sdn, sdc, sdh, sdw,
+    n_cb, n_sb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
+    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr, ONE_BLOCK: tl.constexpr,
+):
+    # dK[t*S*S + i*S+j, h, w] = sum_c x[c, h+dy-P, w+dx-P] * g[c, S*h+i, S*w+j]; grad_out and x are zero where
+    # masked (edge blocks, padding sub-pixels and channels), since both enter the channel sum
+    P: tl.constexpr = (K - 1) // 2
+    n, _, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
+    sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
+    i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
+    w = w0 + tl.max_contiguous(tl.arange(0, BW), BW // LANES)[None, None, :, None]  # see _dx_depthwise_kernel
+    j = tl.arange(0, SP)[None, None, None, :]
+    g_ok = (w < W) & (i < S) & (j < S)
+    d_pix = dk_ptr + n * sdn + h * sdh + w * sdw + (i * S + j) * sdc
+    g_rows = g_ptr + n * sgn + (S * h + tl.minimum(i, S - 1)) * sgh
+    x_pix = x_ptr + n * sxn + h * sxh + w * sxw
+    if ONE_BLOCK:  # every channel in registers: grad_out is loaded once, not once per tap
+        c, c_ok = _channels(0, C, BLOCK_C, C_STATIC)
+        c = c[:, None, None, None]
+        g_all = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+        if C_STATIC != 0:
+            g_all = tl.where(c_ok[:, None, None, None], g_all, 0.0)
+        x_chan = x_pix + c * sxc
+    for dy in tl.static_range(K):
+        row_ok = (h + dy - P >= 0) & (h + dy - P < H)
+        for dx in tl.static_range(K):
+            x_off = (dy - P) * sxh + (dx - P) * sxw
+            if row_ok:
+                if ONE_BLOCK:
+                    if MASKED:
+                        xv = tl.load(x_chan + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
+                    else:
+                        xv = tl.load(x_chan + x_off)
+                    if C_STATIC != 0:  # constants per register: folds away
+                        xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
+                    dk = tl.sum(_widen(xv, ACC) * g_all, axis=0)
+                else:  # more channels than a block: per tap, a loop over channel blocks
+                    dk = tl.zeros([SIB, BW, SP], dtype=ACC)
+                    for c0 in range(0, C, BLOCK_C):
+                        c, c_ok = _channels(c0 // BLOCK_C, C, BLOCK_C, C_STATIC)
+                        c = c[:, None, None, None]
+                        gv = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+                        if MASKED:
+                            xv = tl.load(x_pix + c * sxc + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
+                        else:
+                            xv = tl.load(x_pix + c * sxc + x_off)
+                        xv = _widen(xv, ACC)
+                        if C_STATIC != 0:
+                            xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
+                            gv = tl.where(c_ok[:, None, None, None], gv, 0.0)
+                        dk += tl.sum(xv * gv, axis=0)
+            else:
+                dk = tl.zeros([SIB, BW, SP], dtype=ACC)
+            d_tap = d_pix + ((dx * K + dy) * S * S) * sdc
+            out = dk.to(dk_ptr.dtype.element_ty)[None, :, :, :]
+            if MASKED or SP != S:
+                tl.store(d_tap, out, mask=g_ok)
+            else:
+                tl.store(d_tap, out)
+
+
+# ---- full-mode kernels ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -62,169 +398,118 @@ def _tap(h, w, t, mask, H, W, K: tl.constexpr, SIGN: tl.constexpr):
 
 
 @triton.jit
-def _dynamic_filter_fwd_kernel(
+def _fwd_full_kernel(
     x_ptr, k_ptr, y_ptr,
     C, H, W,
     sxn, sxc, sxh, sxw,
     skn, skc, skh, skw,
     syn, syc, syh, syw,
-    K: tl.constexpr, S: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
+    K: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
+    # y[o, s*h+i, s*w+j] = sum_{ci, t} x[ci, tap] * K[((ci*K*K + t)*C + o)*S*S + sub]: per (ci, t) one input value
+    # per element, applied to the block of output channels o along the tile's first axis
     OW = S * W
-    # BLOCK_Q consecutive elements of the pixel-shuffled output plane: HR row oh = s*h+i, column q = s*w+j
     n, cb, r, r_mask = _program_run(tl.cast(S * H, IDX) * OW, tl.cdiv(C, BLOCK_C), BLOCK_Q, IDX)
     oh = r // OW
     q = r % OW
     h = oh // S
     w = q // S
     sub = (oh % S) * S + q % S
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    ci_off = tl.cast(c, IDX)
-
+    o = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_mask = o < C
+    o_idx = tl.cast(o, IDX)
     x_base = x_ptr + n * sxn
-    k_pix = k_ptr + n * skn + (h * skh + w * skw + sub * skc)
+    k_out = k_ptr + n * skn + (h * skh + w * skw + sub * skc)[None, :] + (o_idx * S * S * skc)[:, None]
+    kq_mask = o_mask[:, None] & r_mask[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_Q], dtype=ACC)
-    if DEPTHWISE:
-        # the pixel's weight of each tap is loaded once and applied to the whole channel block
-        x_chan = x_base + (ci_off * sxc)[:, None]
+    for ci in range(C):
+        x_chan = x_base + tl.cast(ci, IDX) * sxc
         for t in range(K * K):
             yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
-            wt = tl.load(k_pix + tl.cast(t * S * S, IDX) * skc, mask=r_mask, other=0.0).to(ACC)
-            xv = tl.load(x_chan + (yy * sxh + xx * sxw)[None, :], mask=c_mask[:, None] & valid[None, :], other=0.0)
-            acc += xv.to(ACC) * wt[None, :]
-    else:
-        # kernels channel ((ci*K*K + t)*C + o)*S*S + sub, output channel o along the tile's first axis
-        k_out = k_pix[None, :] + (ci_off * S * S * skc)[:, None]
-        kq_mask = c_mask[:, None] & r_mask[None, :]
-        for ci in range(C):
-            x_chan = x_base + tl.cast(ci, IDX) * sxc
-            for t in range(K * K):
-                yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
-                xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
-                wt = tl.load(k_out + tl.cast((ci * K * K + t) * C * S * S, IDX) * skc, mask=kq_mask, other=0.0)
-                acc += xv[None, :] * wt.to(ACC)
-
-    y_off = n * syn + (ci_off * syc)[:, None] + (oh * syh + q * syw)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=c_mask[:, None] & r_mask[None, :])
+            xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
+            wt = tl.load(k_out + (tl.cast(ci * K * K + t, IDX) * C * S * S) * skc, mask=kq_mask, other=0.0)
+            acc += xv[None, :] * wt.to(ACC)
+    y_off = n * syn + (o_idx * syc)[:, None] + (oh * syh + q * syw)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=kq_mask)
 
 
 @triton.jit
-def _dynamic_filter_dx_kernel(
+def _dx_full_kernel(
     g_ptr, k_ptr, dx_ptr,
     C, H, W,
     sgn, sgc, sgh, sgw,
     skn, skc, skh, skw,
     sdn, sdc, sdh, sdw,
-    K: tl.constexpr, S: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
+    K: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_X: tl.constexpr,
 ):
-    # dx[n, c, y, x] = sum_{t, i, j} g[n, c|o, S*h+i, S*w+j] * K[n, ., h, w] with (h, w) = (y - dy + P, x - dx + P):
-    # each program owns its dx elements and gathers their contributions, so no atomics are needed
+    # dx[c, y, x] = sum_{o, t, i, j} g[o, S*h+i, S*w+j] * K[((c*K*K + t)*C + o)*S*S + i*S+j, h, w] with
+    # (h, w) = (y - dy + P, x - dx + P); input channel c along the tile's first axis
     n, cb, r, r_mask = _program_run(tl.cast(H, IDX) * W, tl.cdiv(C, BLOCK_C), BLOCK_X, IDX)
     y = r // W
     x = r % W
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
-    ci_off = tl.cast(c, IDX)
+    c_idx = tl.cast(c, IDX)
     g_base = g_ptr + n * sgn
-    k_base = k_ptr + n * skn
+    k_in = k_ptr + n * skn + (c_idx * (K * K * S * S) * C * skc)[:, None]
     acc = tl.zeros([BLOCK_C, BLOCK_X], dtype=ACC)
-    if DEPTHWISE:
-        g_chan = g_base + (ci_off * sgc)[:, None]
+    for o in range(C):
+        g_chan = g_base + tl.cast(o, IDX) * sgc
         for t in range(K * K):
             h, w, valid = _tap(y, x, t, r_mask, H, W, K, -1)
-            gv_mask = c_mask[:, None] & valid[None, :]
-            k_pix = k_base + (h * skh + w * skw) + tl.cast(t * S * S, IDX) * skc
+            wk_mask = c_mask[:, None] & valid[None, :]
+            k_pix = k_in + (h * skh + w * skw)[None, :] + (tl.cast(t * C + o, IDX) * S * S) * skc
             for i in tl.static_range(S):
                 for j in tl.static_range(S):
-                    wt = tl.load(k_pix + (i * S + j) * skc, mask=valid, other=0.0).to(ACC)
-                    g_off = (S * h + i) * sgh + (S * w + j) * sgw
-                    gv = tl.load(g_chan + g_off[None, :], mask=gv_mask, other=0.0).to(ACC)
-                    acc += gv * wt[None, :]
-    else:
-        # kernels channel ((c*K*K + t)*C + o)*S*S + i*S + j, input channel c along the tile's first axis
-        k_in = k_base + (ci_off * (K * K * S * S) * C * skc)[:, None]
-        for o in range(C):
-            g_chan = g_base + tl.cast(o, IDX) * sgc
-            for t in range(K * K):
-                h, w, valid = _tap(y, x, t, r_mask, H, W, K, -1)
-                wk_mask = c_mask[:, None] & valid[None, :]
-                k_pix = k_in + (h * skh + w * skw)[None, :] + tl.cast((t * C + o) * S * S, IDX) * skc
-                for i in tl.static_range(S):
-                    for j in tl.static_range(S):
-                        gv = tl.load(g_chan + (S * h + i) * sgh + (S * w + j) * sgw, mask=valid, other=0.0)
-                        wt = tl.load(k_pix + (i * S + j) * skc, mask=wk_mask, other=0.0).to(ACC)
-                        acc += gv.to(ACC)[None, :] * wt
-
-    d_off = n * sdn + (ci_off * sdc)[:, None] + (y * sdh + x * sdw)[None, :]
+                    gv = tl.load(g_chan + (S * h + i) * sgh + (S * w + j) * sgw, mask=valid, other=0.0)
+                    wt = tl.load(k_pix + tl.cast(i * S + j, IDX) * skc, mask=wk_mask, other=0.0).to(ACC)
+                    acc += gv.to(ACC)[None, :] * wt
+    d_off = n * sdn + (c_idx * sdc)[:, None] + (y * sdh + x * sdw)[None, :]
     tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=c_mask[:, None] & r_mask[None, :])
 
 
 @triton.jit
-def _dynamic_filter_dk_kernel(
+def _dk_full_kernel(
     x_ptr, g_ptr, dk_ptr,
     C, H, W,
     sxn, sxc, sxh, sxw,
     sgn, sgc, sgh, sgw,
     sdn, sdc, sdh, sdw,
-    K: tl.constexpr, S: tl.constexpr, DEPTHWISE: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
+    K: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, IDX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    # depthwise: dK[n, t*S*S+i*S+j, h, w] = sum_c x[n, c, h+dy-P, w+dx-P] * g[n, c, S*h+i, S*w+j]
-    # full:      dK[n, ((c*K*K+t)*C+o)*S*S+i*S+j, h, w] = x[n, c, h+dy-P, w+dx-P] * g[n, o, S*h+i, S*w+j]
-    n, ob, r, r_mask = _program_run(tl.cast(H, IDX) * W, 1 if DEPTHWISE else tl.cdiv(C, BLOCK_C), BLOCK_W, IDX)
+    # dK[((c*K*K+t)*C+o)*S*S+i*S+j, h, w] = x[c, h+dy-P, w+dx-P] * g[o, S*h+i, S*w+j]: an outer product per
+    # (c, t, sub), no reduction; output channel o along the tile's first axis
+    n, ob, r, r_mask = _program_run(tl.cast(H, IDX) * W, tl.cdiv(C, BLOCK_C), BLOCK_W, IDX)
     h = r // W
     w = r % W
     x_base = x_ptr + n * sxn
-    g_base = g_ptr + n * sgn
-    d_pix = dk_ptr + n * sdn + (h * sdh + w * sdw)
-    if DEPTHWISE:
-        # the channel sum is a reduction along the tile's first axis, inside the program
-        cl = tl.arange(0, BLOCK_C)
-        for i in tl.static_range(S):
-            for j in tl.static_range(S):
-                g_pix = g_base + (S * h + i) * sgh + (S * w + j) * sgw
+    o = ob * BLOCK_C + tl.arange(0, BLOCK_C)
+    o_mask = o < C
+    o_idx = tl.cast(o, IDX)
+    d_out = dk_ptr + n * sdn + (h * sdh + w * sdw)[None, :] + (o_idx * S * S * sdc)[:, None]
+    ow_mask = o_mask[:, None] & r_mask[None, :]
+    for i in tl.static_range(S):
+        for j in tl.static_range(S):
+            g_off = (S * h + i) * sgh + (S * w + j) * sgw
+            gv = tl.load(g_ptr + n * sgn + (o_idx * sgc)[:, None] + g_off[None, :], mask=ow_mask, other=0.0)
+            gv = gv.to(ACC)
+            for ci in range(C):
+                x_chan = x_base + tl.cast(ci, IDX) * sxc
                 for t in range(K * K):
                     yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
-                    x_pix = x_base + yy * sxh + xx * sxw
-                    acc = tl.zeros([BLOCK_W], dtype=ACC)
-                    for c0 in range(0, C, BLOCK_C):
-                        c = c0 + cl
-                        c_mask = c < C
-                        ci_off = tl.cast(c, IDX)
-                        gv = tl.load(
-                            g_pix[None, :] + (ci_off * sgc)[:, None], mask=c_mask[:, None] & r_mask[None, :], other=0.0
-                        ).to(ACC)
-                        xv = tl.load(
-                            x_pix[None, :] + (ci_off * sxc)[:, None], mask=c_mask[:, None] & valid[None, :], other=0.0
-                        ).to(ACC)
-                        acc += tl.sum(xv * gv, axis=0)
-                    ch = tl.cast(t * S * S + i * S + j, IDX)
-                    tl.store(d_pix + ch * sdc, acc.to(dk_ptr.dtype.element_ty), mask=r_mask)
-    else:
-        # an outer product per (c, t, sub): no reduction, output channel o along the tile's first axis
-        o = ob * BLOCK_C + tl.arange(0, BLOCK_C)
-        o_mask = o < C
-        oi_off = tl.cast(o, IDX)
-        d_out = d_pix[None, :] + (oi_off * S * S * sdc)[:, None]
-        ow_mask = o_mask[:, None] & r_mask[None, :]
-        for i in tl.static_range(S):
-            for j in tl.static_range(S):
-                g_off = (S * h + i) * sgh + (S * w + j) * sgw
-                gv = tl.load(g_base + (oi_off * sgc)[:, None] + g_off[None, :], mask=ow_mask, other=0.0).to(ACC)
-                for ci in range(C):
-                    x_chan = x_base + tl.cast(ci, IDX) * sxc
-                    for t in range(K * K):
-                        yy, xx, valid = _tap(h, w, t, r_mask, H, W, K, 1)
-                        xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
-                        ch = tl.cast((ci * K * K + t) * C * S * S + i * S + j, IDX)
-                        tl.store(d_out + ch * sdc, (gv * xv[None, :]).to(dk_ptr.dtype.element_ty), mask=ow_mask)
+                    xv = tl.load(x_chan + yy * sxh + xx * sxw, mask=valid, other=0.0).to(ACC)
+                    ch = tl.cast(ci * K * K + t, IDX) * C * S * S + (i * S + j)
+                    tl.store(d_out + ch * sdc, (gv * xv[None, :]).to(dk_ptr.dtype.element_ty), mask=ow_mask)
 
 
-def _acc_dtype(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
+# ---- launchers -----------------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(*dtypes: torch.dtype) -> tl.dtype:
+    return tl.float64 if torch.float64 in dtypes else tl.float32
 
 
 # In-sample offsets (and flattened plane indices) stay int32 unless some tensor's per-sample extent could pass 2**31;
@@ -237,18 +522,96 @@ def _index_dtype(*tensors: torch.Tensor) -> tl.dtype:
     return tl.int64 if span >= _INT32_LIMIT else tl.int32
 
 
-def _tile(channels: int, plane: int, max_c: int, on_gpu: bool) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_P, num_warps) for a [channels, flattened-plane] tile.
+# Accumulators per thread of a depthwise program on a GPU (fp32 registers; the rest of the 255 hold the loads in
+# flight, addresses and the x / grad_out tiles). Under the interpreter a program costs Python overhead per
+# operation, so its channel blocks are as large as the problem.
+_ACC_PER_THREAD = 64
+_INTERPRETER_MAX_CHANNELS = 64
 
-    On a GPU the tile holds about 1024 accumulators (8 per thread with 4 warps), long along the contiguous plane
-    axis for coalescing. Under the interpreter every program costs a fixed Python overhead per operation, so tiles
-    are as large as the problem allows (up to 16k elements).
-    """
-    block_c = min(triton.next_power_of_2(channels), max_c)
+
+def _depthwise_tile(
+    channels: int, scale: int, vec: int, sub_rows: bool, on_gpu: bool, acc: int = _ACC_PER_THREAD
+) -> tuple[int, int]:
+    """(BLOCK_C, SIB) of a depthwise program: channels and sub-pixel rows it holds, for ``vec`` LR columns per
+    thread. Prefers all channels (up to 4, 16 at s=1) in one block — the kernels tensor is then loaded once per
+    pixel — and splits the sub-pixel rows over programs (``sub_rows``: the kernel allows it) before the channels."""
+    sp = triton.next_power_of_2(scale)
+    block_c = triton.next_power_of_2(channels)
+    if not on_gpu:
+        return min(block_c, _INTERPRETER_MAX_CHANNELS), sp
+    block_c = min(block_c, 4)
+    sib = sp
+    while sub_rows and sib > 1 and block_c * sib * sp * vec > acc:
+        sib //= 2
+    while block_c > 1 and block_c * sib * sp * vec > acc:
+        block_c //= 2
+    return block_c, sib
+
+
+def _column_launches(width: int, vec: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
+    """(first, count, skip_at, skip, masked) of the launches that cover a row with blocks of LANES * vec columns (see
+    :func:`_program`): the interior blocks, every tap of every pixel inside the image, no masks; and the edge
+    blocks at both ends, with masks."""
+    block = _LANES * vec
+    n = triton.cdiv(width, block)
+    lo = min(n, triton.cdiv(pad, block))  # first block with w0 >= pad
+    hi = max(lo, (width - pad) // block)  # blocks before it end at least pad columns before the right edge
+    launches = [(lo, hi - lo, hi - lo, 0, False), (0, lo + n - hi, lo, hi - lo, True)]
+    return [launch for launch in launches if launch[1] > 0]
+
+
+def _rows_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every row of every tensor starts on 16 bytes, as far as Triton can tell (it specialises integer
+    arguments divisible by 16, so strides in elements must be multiples of 16 for it to emit vector loads)."""
+    return all(st % 16 == 0 or size == 1 for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]))
+
+
+def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, sub_rows, channel_sum=False,
+                      run_bytes=None, acc=_ACC_PER_THREAD):  # fmt: skip
+    """Launch a depthwise kernel on (a, b) -> out over every (sample, row, column block, channel block, sub-pixel-row
+    block): interior and edge column blocks are two launches (:func:`_column_launches`). ``vec``: LR columns per
+    thread; ``sub_rows``: the kernel can split sub-pixel rows over programs; ``channel_sum``: it sums over channels
+    (one channel block per program, ONE_BLOCK when they fit in registers); ``run_bytes``: itemsize of the HR tensor
+    it moves in 16-byte runs (E); ``acc``: accumulator budget per thread (halved in edge blocks, whose masks and
+    zero-filled loads need registers too)."""
+    on_gpu = out.device.type != "cpu"
+    sp = triton.next_power_of_2(scale)
+    if not _rows_aligned(a, b, out):  # no vector loads possible: one column per thread
+        vec = 1
+    for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
+        edge_acc = acc // 2 if sp < 4 else acc // 4
+        block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, edge_acc if masked and not channel_sum else acc)
+        if channel_sum and c > block_c:  # grad_out re-loaded per tap and channel block: registers for two tiles
+            block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc // 4 if masked else acc // 2)
+        n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
+        constants = dict(
+            K=kernel_size, S=scale, SP=sp, SIB=sib, BLOCK_C=block_c, BW=_LANES * vec, LANES=_LANES,
+            C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1), MASKED=masked,
+            ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out),
+        )  # fmt: skip
+        if channel_sum:
+            constants["ONE_BLOCK"] = c <= block_c
+        if run_bytes is not None:
+            constants["E"] = min(16 // run_bytes, vec * scale) if sp == scale else 1
+        grid = (out.shape[0] * h * count * (sp // sib) * n_cb,)
+        kernel[grid](
+            a, b, out, c, h, w, *a.stride(), *b.stride(), *out.stride(), n_cb, sp // sib, first, count, skip_at, skip,
+            **constants, num_warps=1, num_stages=1, enable_fp_fusion=True,
+        )  # fmt: skip
+
+
+def _full_tile(channels: int, plane: int, on_gpu: bool) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_P, num_warps) of a full-mode [channels, flattened-plane] tile: about 1024 accumulators on a
+    GPU, as large as the problem allows (up to 16k elements) under the interpreter."""
+    block_c = min(triton.next_power_of_2(channels), 16)
     budget = 1024 if on_gpu else 16384
     block_p = max(16, min(triton.next_power_of_2(plane), budget // block_c))
-    num_warps = 4 if block_c * block_p >= 1024 else 2
-    return block_c, block_p, num_warps
+    return block_c, block_p, 4 if block_c * block_p >= 1024 else 2
+
+
+def _vec(t: torch.Tensor) -> int:
+    """LR columns per thread that make 16 bytes of ``t``."""
+    return 16 // t.element_size()
 
 
 def _check_device(t: torch.Tensor) -> None:
@@ -259,13 +622,12 @@ def _check_device(t: torch.Tensor) -> None:
         )
 
 
-def _output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def _output(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if out is None:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
         raise ValueError(
-            f"out must be a {shape} {like.dtype} tensor on {like.device}, "
-            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+            f"out must be a {shape} {dtype} tensor on {device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
         )
     return out
 
@@ -280,22 +642,25 @@ def dynamic_filter_forward(
 ) -> torch.Tensor:
     """Fused forward (no autograd): x (N, C, H, W), kernels (N, k*k*s*s | C*k*k*C*s*s, H, W) -> (N, C, s*H, s*W).
 
-    The result has x's dtype. ``out``, if given, must have that shape, dtype and device (any strides); every
-    element of it is written and it is returned.
+    x and kernels may differ in float dtype; the result has x's dtype. ``out``, if given, must have that shape,
+    dtype and device (any strides); every element of it is written and it is returned.
     """
     check_inputs(x, kernels, scale, kernel_size, depthwise)
     _check_device(x)
     n, c, h, w = x.shape
-    out = _output(out, (n, c, scale * h, scale * w), x)
+    out = _output(out, (n, c, scale * h, scale * w), x.dtype, x.device)
     if out.numel() == 0:
         return out
+    if depthwise:
+        _launch_depthwise(_fwd_depthwise_kernel, x, kernels, out, c, h, w, scale, kernel_size,
+                          vec=_vec(kernels), sub_rows=True, run_bytes=out.element_size())  # fmt: skip
+        return out
     plane = scale * h * scale * w
-    block_c, block_p, warps = _tile(c, plane, 8 if depthwise else 16, x.is_cuda)
-    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(plane, block_p),)
-    _dynamic_filter_fwd_kernel[grid](
+    block_c, block_p, warps = _full_tile(c, plane, out.device.type != "cpu")
+    _fwd_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(plane, block_p),)](
         x, kernels, out, c, h, w, *x.stride(), *kernels.stride(), *out.stride(),
-        K=kernel_size, S=scale, DEPTHWISE=depthwise, ACC=_acc_dtype(x.dtype), IDX=_index_dtype(x, kernels, out),
-        BLOCK_C=block_c, BLOCK_Q=block_p, num_warps=warps,
+        K=kernel_size, S=scale, ACC=_acc_dtype(x.dtype, kernels.dtype), IDX=_index_dtype(x, kernels, out),
+        BLOCK_C=block_c, BLOCK_Q=block_p, num_warps=warps, enable_fp_fusion=True,
     )  # fmt: skip
     return out
 
@@ -310,20 +675,31 @@ def dynamic_filter_grad_x(
 ) -> torch.Tensor:
     """Gradient wrt x (no autograd): grad_out (N, C, s*H, s*W), kernels (N, ., H, W) -> (N, C, H, W).
 
-    The result has kernels' dtype; ``out`` as in :func:`dynamic_filter_forward`.
+    The result has grad_out's dtype (x's, as the forward's output has it); ``out`` as in
+    :func:`dynamic_filter_forward`.
     """
     _check_device(kernels)
     n, c, oh, ow = grad_out.shape
     h, w = oh // scale, ow // scale
-    out = _output(out, (n, c, h, w), kernels)
+    out = _output(out, (n, c, h, w), grad_out.dtype, grad_out.device)
     if out.numel() == 0:
         return out
-    block_c, block_p, warps = _tile(c, h * w, 8 if depthwise else 16, kernels.is_cuda)
-    grid = (n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)
-    _dynamic_filter_dx_kernel[grid](
+    if depthwise:
+        # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
+        # fewer channels when one channel's tap takes more than 64 bytes of registers per thread (fp32 at s >= 3)
+        sp2 = triton.next_power_of_2(scale) ** 2
+        vec = min(4, _vec(kernels), max(1, _ACC_PER_THREAD // 2 // sp2))
+        itemsize = max(kernels.element_size(), grad_out.element_size())
+        acc = _ACC_PER_THREAD if sp2 * vec * itemsize <= 64 else _ACC_PER_THREAD // 2
+        _launch_depthwise(_dx_depthwise_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size,
+                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc)  # fmt: skip
+        return out
+    block_c, block_p, warps = _full_tile(c, h * w, out.device.type != "cpu")
+    _dx_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)](
         grad_out, kernels, out, c, h, w, *grad_out.stride(), *kernels.stride(), *out.stride(),
-        K=kernel_size, S=scale, DEPTHWISE=depthwise, ACC=_acc_dtype(kernels.dtype),
+        K=kernel_size, S=scale, ACC=_acc_dtype(grad_out.dtype, kernels.dtype),
         IDX=_index_dtype(grad_out, kernels, out), BLOCK_C=block_c, BLOCK_X=block_p, num_warps=warps,
+        enable_fp_fusion=True,
     )  # fmt: skip
     return out
 
@@ -335,24 +711,28 @@ def dynamic_filter_grad_kernels(
     kernel_size: int,
     depthwise: bool,
     out: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Gradient wrt kernels (no autograd): grad_out (N, C, s*H, s*W), x (N, C, H, W) -> (N, kernel channels, H, W).
 
-    The result has x's dtype; ``out`` as in :func:`dynamic_filter_forward`.
+    The result has ``dtype`` (the kernels' dtype; default x's); ``out`` as in :func:`dynamic_filter_forward`.
     """
     _check_device(x)
     n, c, h, w = x.shape
-    out = _output(out, (n, kernel_channels(c, scale, kernel_size, depthwise), h, w), x)
+    dtype = x.dtype if dtype is None else dtype
+    out = _output(out, (n, kernel_channels(c, scale, kernel_size, depthwise), h, w), dtype, x.device)
     if out.numel() == 0:
         return out
-    # depthwise: BLOCK_C is the chunk of the in-program channel sum; full mode: a block of output channels
-    block_c, block_p, warps = _tile(c, h * w, 16, x.is_cuda)
-    n_c = 1 if depthwise else triton.cdiv(c, block_c)
-    grid = (n * n_c * triton.cdiv(h * w, block_p),)
-    _dynamic_filter_dk_kernel[grid](
+    if depthwise:
+        _launch_depthwise(_dk_depthwise_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
+                          vec=min(4, _vec(out)), sub_rows=True, channel_sum=True,
+                          run_bytes=grad_out.element_size())  # fmt: skip
+        return out
+    block_c, block_p, warps = _full_tile(c, h * w, out.device.type != "cpu")
+    _dk_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)](
         x, grad_out, out, c, h, w, *x.stride(), *grad_out.stride(), *out.stride(),
-        K=kernel_size, S=scale, DEPTHWISE=depthwise, ACC=_acc_dtype(x.dtype), IDX=_index_dtype(x, grad_out, out),
-        BLOCK_C=block_c, BLOCK_W=block_p, num_warps=warps,
+        K=kernel_size, S=scale, ACC=_acc_dtype(x.dtype, grad_out.dtype), IDX=_index_dtype(x, grad_out, out),
+        BLOCK_C=block_c, BLOCK_W=block_p, num_warps=warps, enable_fp_fusion=True,
     )  # fmt: skip
     return out
 
@@ -384,20 +764,20 @@ def _grad_x_op(
 @_grad_x_op.register_fake
 def _(grad_out, kernels, scale, kernel_size, depthwise):
     n, c, oh, ow = grad_out.shape
-    return kernels.new_empty((n, c, oh // scale, ow // scale))
+    return grad_out.new_empty((n, c, oh // scale, ow // scale))
 
 
 @torch.library.custom_op("udvd_triton::dynamic_filter_grad_kernels", mutates_args=())
 def _grad_kernels_op(
-    grad_out: torch.Tensor, x: torch.Tensor, scale: int, kernel_size: int, depthwise: bool
+    grad_out: torch.Tensor, x: torch.Tensor, scale: int, kernel_size: int, depthwise: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    return dynamic_filter_grad_kernels(grad_out, x, scale, kernel_size, depthwise)
+    return dynamic_filter_grad_kernels(grad_out, x, scale, kernel_size, depthwise, dtype=dtype)
 
 
 @_grad_kernels_op.register_fake
-def _(grad_out, x, scale, kernel_size, depthwise):
+def _(grad_out, x, scale, kernel_size, depthwise, dtype):
     n, c, h, w = x.shape
-    return x.new_empty((n, kernel_channels(c, scale, kernel_size, depthwise), h, w))
+    return x.new_empty((n, kernel_channels(c, scale, kernel_size, depthwise), h, w), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -409,7 +789,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out):
     x, kernels = ctx.saved_tensors
     dx = _grad_x_op(grad_out, kernels, *ctx.args) if ctx.needs_input_grad[0] else None
-    dk = _grad_kernels_op(grad_out, x, *ctx.args) if ctx.needs_input_grad[1] else None
+    dk = _grad_kernels_op(grad_out, x, *ctx.args, kernels.dtype) if ctx.needs_input_grad[1] else None
     return dx, dk, None, None, None
 
 
@@ -421,8 +801,9 @@ def dynamic_filter_triton(
 ) -> torch.Tensor:
     """Differentiable fused dynamic filter (see :func:`udvd_triton.ops.dynamic_filter` for layouts).
 
-    x (N, C, H, W) and kernels (N, k*k*s*s | C*k*k*C*s*s, H, W) of one float dtype on one device (CUDA, or CPU
-    under TRITON_INTERPRET=1) -> (N, C, s*H, s*W) of that dtype. Works inside ``torch.compile(fullgraph=True)``.
+    x (N, C, H, W) and kernels (N, k*k*s*s | C*k*k*C*s*s, H, W), float dtypes that may differ, on one device (CUDA,
+    or CPU under TRITON_INTERPRET=1) -> (N, C, s*H, s*W) of x's dtype; the gradients have their input's dtype.
+    Works inside ``torch.compile(fullgraph=True)``.
     """
     check_inputs(x, kernels, scale, kernel_size, depthwise)
     _check_device(x)

@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 import torch
+import triton
 
 from udvd_triton import dynamic_filter
 from udvd_triton.kernels import dynamic_filter as df
@@ -60,10 +61,11 @@ DEPTHWISE_CASES = [  # (n, c, h, w, s, k)
     (1, 3, 8, 6, 2, 5),
     (1, 2, 3, 4, 3, 5),
     (1, 1, 3, 2, 4, 7),
-    (2, 3, 9, 10, 1, 9),
+    (1, 3, 9, 10, 1, 9),
     (1, 3, 1, 6, 4, 3),
     (1, 2, 5, 1, 2, 9),
     (1, 5, 4, 4, 3, 1),
+    (1, 3, 5, 272, 2, 5),  # rows on 16 bytes, wide enough for interior (unmasked) column blocks at GPU block sizes
 ]
 FULL_CASES = [
     (1, 3, 4, 5, 2, 1),
@@ -91,12 +93,42 @@ def test_half_precision(dtype, depthwise, c, s, k):
     check_against_reference(*make_inputs(2, c, 5, 6, s, k, depthwise, dtype), s, k, depthwise, dtype)
 
 
-@pytest.mark.parametrize("depthwise", [True, False])
-def test_many_programs_with_partial_tiles(monkeypatch, depthwise):
-    """Tiles much smaller than the problem: channel blocks and plane blocks with masked tails, as on a GPU."""
-    monkeypatch.setattr(df, "_tile", lambda channels, plane, max_c, on_gpu: (2, 32, 1))
-    k = 3 if depthwise else 1
-    check_against_reference(*make_inputs(2, 3, 5, 9, 2, k, depthwise), 2, k, depthwise, torch.float32)
+@pytest.mark.parametrize("kernels_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("depthwise", "c", "s", "k"), [(True, 3, 2, 5), (True, 3, 3, 3), (False, 2, 2, 3)])
+def test_mixed_dtypes_fp32_image_half_kernels(kernels_dtype, depthwise, c, s, k):
+    """fp32 x with bf16 / fp16 kernels, as autocast produces: no cast of the kernels, fp32 accumulation; y and dx in
+    x's dtype (fp32 accuracy: the products of the exact half-precision values are exact in fp32), dkernels in the
+    kernels' dtype."""
+    x, kern = make_inputs(2, c, 5, 6, s, k, depthwise)
+    kern = kern.to(kernels_dtype)
+    x.requires_grad_()
+    kern.requires_grad_()
+    y = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="triton")
+    grad_out = torch.randn(y.shape, device=y.device)
+    dx, dk = torch.autograd.grad(y, (x, kern), grad_out)
+    assert (y.dtype, dx.dtype, dk.dtype) == (torch.float32, torch.float32, kernels_dtype)
+    ref_y, ref_dx, ref_dk = reference(x, kern, s, k, depthwise, grad_out)
+    assert max(rel_err(y, ref_y), rel_err(dx, ref_dx)) <= TOL[torch.float32]
+    assert rel_err(dk, ref_dk) <= TOL[kernels_dtype]
+    # the torch reference takes the same mixed inputs and gives the same dtypes
+    ry = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="torch")
+    rdx, rdk = torch.autograd.grad(ry, (x, kern), grad_out)
+    assert (ry.dtype, rdx.dtype, rdk.dtype) == (torch.float32, torch.float32, kernels_dtype)
+    assert rel_err(ry, ref_y) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 32), (3, 3, 11)])
+def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
+    """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one, interior column blocks
+    (the unmasked launch) and edge blocks on both sides, and for the full mode small flattened-plane tiles. W = 32:
+    rows on 16 bytes, several columns per thread; W = 11: one column per thread."""
+    monkeypatch.setattr(df, "_LANES", 2)  # blocks of 2 * (16 bytes / itemsize) columns
+    sub_rows = lambda scale, split: 1 if split else triton.next_power_of_2(scale)  # noqa: E731
+    monkeypatch.setattr(df, "_depthwise_tile", lambda c, scale, vec, split, on_gpu, acc=0: (2, sub_rows(scale, split)))
+    monkeypatch.setattr(df, "_full_tile", lambda channels, plane, on_gpu: (2, 32, 1))
+    for depthwise in (True, False):
+        kk = k if depthwise else 1
+        check_against_reference(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32)
 
 
 @pytest.mark.parametrize("depthwise", [True, False])
@@ -186,6 +218,35 @@ def test_int64_offsets_without_allocating(huge_dim):
         dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=storage.as_strided(x.shape, stride, 1000))
         errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
         del x, dx, storage
+    assert max(errs) <= TOL[torch.float32], errs
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
+@pytest.mark.parametrize(("s", "k"), [(2, 1), (3, 3)])
+def test_int64_kernels_channel_stride_without_allocating(s, k):
+    """A kernels channel stride of 2**30+3 elements with s >= 2: sub-pixel and tap channel offsets pass 2**31
+    elements, for the forward, grad-x (which reads kernels) and grad-kernels (which writes through the same
+    strides). Regression: grad-x computed ``(i*S + j) * skc`` in int32 and read out of bounds."""
+    big = 2**30 + 3
+    n, c, h, w = 1, 2, 3, 4
+    kc = kernel_channels(c, s, k, True)
+    stride = (0, big, w, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sparse.bin")
+        with open(path, "wb") as f:
+            f.truncate(kc * big * 4)
+        storage = torch.from_file(path, shared=True, size=kc * big, dtype=torch.float32)
+        kern = storage.as_strided((n, kc, h, w), stride)
+        kern.copy_(torch.randn(n, kc, h, w))
+        x = torch.randn(n, c, h, w)
+        grad_out = torch.randn(n, c, s * h, s * w)
+        ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
+        y = df.dynamic_filter_forward(x, kern, s, k, True)
+        dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True)
+        # dkernels goes into the same storage, beside kernels, through the same huge strides
+        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=storage.as_strided(kern.shape, stride, h * w))
+        errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
+        del kern, dk, storage
     assert max(errs) <= TOL[torch.float32], errs
 
 

@@ -83,8 +83,35 @@ def test_bad_inputs_raise(x_shape, k_shape, kwargs, match) -> None:
         dynamic_filter(torch.randn(x_shape), torch.randn(k_shape), **kwargs)
 
 
-def test_integer_and_mixed_inputs_raise() -> None:
+def test_integer_inputs_raise() -> None:
     with pytest.raises(ValueError, match="floating-point"):
         dynamic_filter(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.randn(1, 100, 4, 4))
-    with pytest.raises(ValueError, match="share a dtype"):
-        dynamic_filter(torch.randn(1, 3, 4, 4), torch.randn(1, 100, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        dynamic_filter(torch.randn(1, 3, 4, 4), torch.zeros(1, 100, 4, 4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+@pytest.mark.parametrize(("x_dtype", "k_dtype"), [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)])
+def test_reference_mixed_dtypes(depthwise: bool, x_dtype: torch.dtype, k_dtype: torch.dtype) -> None:
+    """x and kernels of different float dtypes: the result has x's dtype and equals the float64 op on the same
+    values (rounded once, to x's dtype); gradients come back in each input's dtype."""
+    c, s, k = 2, 2, 3
+    x = torch.randn(1, c, 4, 5).to(x_dtype).requires_grad_()
+    kern = torch.randn(1, kernel_channels(c, s, k, depthwise), 4, 5).to(k_dtype).requires_grad_()
+    y = dynamic_filter(x, kern, scale=s, kernel_size=k, depthwise=depthwise, backend="torch")
+    assert y.dtype == x_dtype
+    want = unfold_oracle(x.double(), kern.double(), s, k, depthwise).to(x_dtype)
+    torch.testing.assert_close(y, want, rtol=1e-2 if x_dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+    dx, dk = torch.autograd.grad(y.sum(), (x, kern))
+    assert (dx.dtype, dk.dtype) == (x_dtype, k_dtype)
+
+
+def test_model_passes_half_precision_kernels_uncast(monkeypatch) -> None:
+    """The model hands the op the bf16 kernels of autocast as they are (casting them to fp32 first cost a write and
+    a read of the op's largest tensor)."""
+    from udvd_triton import model
+
+    seen = []
+    monkeypatch.setattr(model, "dynamic_filter", lambda x, k, **kw: seen.append((x.dtype, k.dtype)) or x)
+    model._apply_dynamic(torch.randn(1, 3, 4, 4), torch.randn(1, 100, 4, 4, dtype=torch.bfloat16), 2, 5)
+    assert seen == [(torch.float32, torch.bfloat16)]

@@ -51,9 +51,9 @@ def _image_guide(channels: int) -> nn.Sequential:
 
 
 def _apply_dynamic(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int) -> torch.Tensor:
-    # Under autocast the predicted kernels arrive in bf16/fp16 while the image is fp32: filter in the wider type.
-    dtype = torch.promote_types(x.dtype, kernels.dtype)
-    return dynamic_filter(x.to(dtype), kernels.to(dtype), scale=scale, kernel_size=kernel_size, depthwise=True)
+    # Under autocast the predicted kernels arrive in bf16/fp16 while the image is fp32: the op reads each in its own
+    # dtype and accumulates in fp32 (a cast would write and re-read the largest tensor of the op); result in x's dtype.
+    return dynamic_filter(x, kernels, scale=scale, kernel_size=kernel_size, depthwise=True)
 
 
 class ResBlock(nn.Module):

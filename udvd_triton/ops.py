@@ -42,8 +42,6 @@ def check_inputs(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size
             raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if x.dtype != kernels.dtype:
-        raise ValueError(f"x and kernels must share a dtype, got {x.dtype} and {kernels.dtype}")
     if x.device != kernels.device:
         raise ValueError(f"x and kernels must be on one device, got {x.device} and {kernels.device}")
     n, c, h, w = x.shape
@@ -59,7 +57,9 @@ def check_inputs(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size
 def dynamic_filter_reference(
     x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool = True
 ) -> torch.Tensor:
-    """PyTorch reference of the op (any device, any float dtype, differentiable in both inputs).
+    """PyTorch reference of the op (any device, any float dtypes, differentiable in both inputs).
+
+    x and kernels may differ in dtype: each product is formed in their promoted dtype and the result has x's dtype.
 
     Loops over the k*k taps and accumulates into the (N, C, s*s, H, W) result, so it never builds the
     (N, C*k*k, H, W) unfold tensor. Peak memory, forward: the padded input plus about three output-sized
@@ -69,6 +69,7 @@ def dynamic_filter_reference(
     n, c, h, w = x.shape
     k, s2 = kernel_size, scale * scale
     p = (k - 1) // 2
+    dtype = torch.promote_types(x.dtype, kernels.dtype)
     xp = F.pad(x, (p, p, p, p))
     if depthwise:
         taps = kernels.view(n, k * k, 1, s2, h, w)
@@ -82,9 +83,9 @@ def dynamic_filter_reference(
             if depthwise:
                 term = patch.unsqueeze(2) * taps[:, t]  # (N, C, s2, H, W)
             else:
-                term = torch.einsum("nchw,ncoshw->noshw", patch, taps[:, :, t])
+                term = torch.einsum("nchw,ncoshw->noshw", patch.to(dtype), taps[:, :, t].to(dtype))
             out = term if out is None else out + term
-    return F.pixel_shuffle(out.reshape(n, c * s2, h, w), scale)
+    return F.pixel_shuffle(out.reshape(n, c * s2, h, w), scale).to(x.dtype)
 
 
 def dynamic_filter(
@@ -99,7 +100,8 @@ def dynamic_filter(
 
     Args:
         x: (N, C, H, W) floating-point image or features.
-        kernels: (N, k*k*s*s, H, W) depthwise or (N, C*k*k*C*s*s, H, W) full; same dtype and device as ``x``.
+        kernels: (N, k*k*s*s, H, W) depthwise or (N, C*k*k*C*s*s, H, W) full, on ``x``'s device; any float
+            dtype (e.g. bf16 kernels with an fp32 image, as autocast produces), read as is.
         scale: upsampling factor s in 1..4 (1 = no upsampling).
         kernel_size: odd k.
         depthwise: one k x k kernel per sub-pixel shared by all channels (True) or a full C -> C map.
