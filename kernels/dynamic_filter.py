@@ -336,10 +336,9 @@ def _dk_depthwise_kernel(
             g_all = tl.where(c_ok[:, None, None, None], g_all, 0.0)
         x_chan = x_pix + c * sxc
     for dy in tl.static_range(K):
-        row_ok = (h + dy - P >= 0) & (h + dy - P < H)
-        for dx in tl.static_range(K):
-            x_off = (dy - P) * sxh + (dx - P) * sxw
-            if row_ok:
+        if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program, one branch per row of taps
+            for dx in tl.static_range(K):
+                x_off = (dy - P) * sxh + (dx - P) * sxw
                 if ONE_BLOCK:
                     if MASKED:
                         xv = tl.load(x_chan + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
@@ -363,14 +362,22 @@ def _dk_depthwise_kernel(
                             xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
                             gv = tl.where(c_ok[:, None, None, None], gv, 0.0)
                         dk += tl.sum(xv * gv, axis=0)
-            else:
-                dk = tl.zeros([SIB, BW, SP], dtype=ACC)
-            d_tap = d_pix + ((dx * K + dy) * S * S) * sdc
-            out = dk.to(dk_ptr.dtype.element_ty)[None, :, :, :]
-            if MASKED or SP != S:
-                tl.store(d_tap, out, mask=g_ok)
-            else:
-                tl.store(d_tap, out)
+                _store_taps(d_pix, dk, dx, dy, sdc, g_ok, K, S, MASKED, SP == S)
+        else:  # taps reading rows outside the image: zero
+            for dx in tl.static_range(K):
+                _store_taps(d_pix, tl.zeros([SIB, BW, SP], dtype=ACC), dx, dy, sdc, g_ok, K, S, MASKED, SP == S)
+
+
+@triton.jit
+def _store_taps(d_pix, dk, dx: tl.constexpr, dy: tl.constexpr, sdc, ok, K: tl.constexpr, S: tl.constexpr,
+                MASKED: tl.constexpr, FULL_SUB: tl.constexpr):
+    """Store tap (dy, dx) of grad-kernels: channel (dx*K + dy)*S*S + sub at the block's pixels."""
+    out = dk.to(d_pix.dtype.element_ty)[None, :, :, :]
+    d_tap = d_pix + ((dx * K + dy) * S * S) * sdc
+    if MASKED or not FULL_SUB:
+        tl.store(d_tap, out, mask=ok)
+    else:
+        tl.store(d_tap, out)
 
 
 # ---- full-mode kernels ---------------------------------------------------------------------------------------------
