@@ -422,3 +422,22 @@ def test_broken_shards_and_indexes_are_checkpoint_errors(tmp_path: Path) -> None
         index.write_text(bad if isinstance(bad, str) else json.dumps(bad))
         with pytest.raises(CheckpointError, match=match):
             UDVD.from_pretrained(folder)
+
+
+def test_add_to_registry_takes_a_sharded_checkpoint_as_one_float16_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = UDVD(scale=2)  # 18.4 MiB in float32: saved sharded, registered as one 9.2 MiB float16 file
+    model.save_pretrained(tmp_path / "big")
+    write_registry(tmp_path / "registry.json", [])
+    cmd = [sys.executable, str(ROOT / "scripts" / "add_to_registry.py"), str(tmp_path / "big"), "big-x2",
+           "--training", "test", "--license", "MIT", "--weights-dir", str(tmp_path)]
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 1 and "use --dtype float16" in refused.stderr
+    subprocess.run([*cmd, "--dtype", "float16", "--default"], check=True, capture_output=True)
+    assert (tmp_path / "big-x2.safetensors").stat().st_size <= 16 * 2**20
+    loaded = UDVD.from_pretrained("big-x2", registry=tmp_path / "registry.json")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    assert default_model(2, tmp_path / "registry.json") == "big-x2"
