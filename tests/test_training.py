@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -304,13 +305,22 @@ class _FailOnSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@contextmanager
+def _cuda_sync_errors():
+    torch.cuda.set_sync_debug_mode("error")  # raises on any synchronising CUDA call
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def _sync_free_steps(data, tmp_path, device):
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "r"), steps=100, batch=4, patch=12, channels=8, blocks=1,
                       clean_fraction=0.3, anisotropic=0.5, device=device)
     run = Run.new(cfg, progress=False)
     for _ in range(2):  # first steps fill caches (dihedral tables, the PCA basis on the device, cuDNN plans)
         run.train_step()
-    with _FailOnSync():
+    with _FailOnSync(), (_cuda_sync_errors() if device == "cuda" else nullcontext()):
         for _ in range(12):  # 4 crops per step out of 3 x 4 + 2 crops: crosses epoch boundaries
             run.train_step()
     assert run.step == 14 and float(run.loss_sum) > 0
@@ -323,11 +333,7 @@ def test_training_step_never_waits_for_the_device(data, tmp_path):
 
 @pytest.mark.gpu
 def test_training_step_never_syncs_on_cuda(data, tmp_path):
-    torch.cuda.set_sync_debug_mode("error")  # raises on any synchronising CUDA call
-    try:
-        _sync_free_steps(data, tmp_path, "cuda")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    _sync_free_steps(data, tmp_path, "cuda")
 
 
 def test_no_pickle_loading_anywhere():
@@ -406,3 +412,23 @@ def test_eval_table_and_json(tmp_path, capsys):
         ref = 10 * np.log10(255**2 / np.mean(err**2))
         assert row["per_image"][i]["bicubic_psnr"] == pytest.approx(ref, abs=1e-6)
     assert f"| 0.5 | 10 | {row['bicubic_psnr']:.2f} | {row['bicubic_ssim']:.4f} | {row['psnr']:.2f} |" in table[3]
+
+
+def test_eval_json_is_replaced_only_with_overwrite_and_only_if_ours(tmp_path):
+    import skimage.data
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(skimage.data.chelsea()[100:148, 150:198]).save(images / "cat.png")
+    UDVD(2, n_feats=8, n_blocks=1).save_pretrained(tmp_path / "m")
+    args = ["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "1", "--noise", "0", "--quiet"]
+    result = tmp_path / "r.json"
+    run_command([*args, "--json", str(result)])
+    with pytest.raises(FileExistsError, match="use --overwrite"):
+        run_command([*args, "--json", str(result)])
+    run_command([*args, "--json", str(result), "--overwrite"])
+    assert json.loads(result.read_text())["results"][0]["sigma"] == 1.0
+    (tmp_path / "mine.json").write_text('{"my": "notes"}')
+    with pytest.raises(FileExistsError, match="not a `udvd eval` result"):
+        run_command([*args, "--json", str(tmp_path / "mine.json"), "--overwrite"])
+    assert (tmp_path / "mine.json").read_text() == '{"my": "notes"}'
