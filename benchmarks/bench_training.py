@@ -184,7 +184,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        data = args.data or _synthetic_data(tmp)
+        data = str(Path(args.data).resolve()) if args.data else _synthetic_data(tmp)  # the trainers run elsewhere
         results: dict[str, Any] = {
             "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
             "cpu_count": os.cpu_count(),

@@ -375,7 +375,7 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "ddp" / "log.csv")))
+    rows = _rows(tmp_path / "ddp")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]  # one writer: rank 0
     assert UDVD.from_pretrained(tmp_path / "ddp" / "final").config["n_blocks"] == 1
 
