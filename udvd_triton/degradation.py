@@ -181,6 +181,18 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
 
 
+def cubic_taps(scale: int, kernel_size: int) -> torch.Tensor:
+    """Bicubic (a = -0.5) upsampling weights by an integer ``scale``: (s, k) float32, rows sum to 1.
+
+    Row a weights the k LR pixels at offsets -p..p around LR pixel i for HR pixel s*i + a (pixel centres aligned
+    as in ``imresize``); taps outside the k window (only when k < 5) are dropped and the row renormalised.
+    """
+    p = kernel_size // 2
+    centre = (np.arange(scale) + 0.5) / scale - 0.5  # HR sub-pixel centres in LR pixel units around pixel i
+    w = _cubic(centre[:, None] - (np.arange(kernel_size) - p)[None, :])
+    return torch.from_numpy(w / w.sum(1, keepdims=True)).float()
+
+
 @functools.lru_cache(maxsize=64)
 def _resize_matrix(in_len: int, out_len: int, scale: float) -> np.ndarray:
     """MATLAB imresize along one axis as an (out_len, in_len) float64 weight matrix: ``out = W @ in``.
