@@ -1,26 +1,58 @@
 #!/usr/bin/env python
-"""Training throughput: steps/s with online synthesis (crop gather + degradation + step) vs a fixed pre-synthesised
-batch (step only), on any device. Writes JSON.
+"""Training throughput of the loop in ``udvd_triton.training.trainer``, and the loop of an older commit beside it.
 
-    python benchmarks/bench_training.py --data data/prepared --device cpu --channels 16 --blocks 2 --batch 16 \
-        --patch 24 --json benchmarks/results/training_cpu.json
+    python benchmarks/bench_training.py --data data/prepared --json benchmarks/results/cpu-training.json
+
+Measured on the given device (default: cuda if available), each with ``Run.train_step`` (the loop's own step:
+on-device crop gather + synthesis + forward/backward + clipping + fused Adam + EMA):
+
+- ``small``: the bundled CPU models' configuration (x2, 32 ch, 4 blocks, batch 16, LR patch 24), float32;
+- ``paper``: the paper model (x2, 128 ch, 15 blocks, batch 16, LR patch 64), bf16 autocast on CUDA (float32 on
+  the CPU, where only a few steps are timed);
+- per configuration: steps/s, and the time of the synthesis (crops + degradations of one batch) and of one EMA
+  update, each as a share of a step;
+- ``compile``: the small configuration with ``torch.compile`` (compile time reported apart, excluded from steps/s);
+- ``old_vs_new`` (``--old-commit``, default e6f492c, the loop before the sync-free rewrite): the whole trainer of
+  that commit (``git archive`` into a temporary folder, run in a subprocess) and of this tree, same settings (small
+  configuration, EMA 0.999, no validation or checkpoints), alternately ``--repeats`` times each; steps/s from their
+  own log rows, the first row (warm-up) left out.
+
+Without ``--data`` a small prepared folder of random smooth images is made in a temporary folder (the content does
+not change the speed). Steps are timed with the device synchronised before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from udvd_triton import UDVD, multistage_l1_loss
-from udvd_triton.training.data import BatchSampler, CropDataset
-from udvd_triton.training.synth import SynthConfig, synthesize
-from udvd_triton.training.trainer import step_generator
+from udvd_triton.training.synth import synthesize
+from udvd_triton.training.trainer import Run, TrainConfig, ema_decay, seed_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"scale": 2, "channels": 32, "blocks": 4, "batch": 16, "patch": 24}
+PAPER = {"scale": 2, "channels": 128, "blocks": 15, "batch": 16, "patch": 64}
+# The trainer's entry point in a subprocess, for the old commit and for this tree alike (both take these fields).
+_RUNNER = """
+import json, sys
+import udvd_triton
+from udvd_triton.training.trainer import TrainConfig, train
+assert udvd_triton.__file__.startswith(sys.argv[2]), udvd_triton.__file__
+train(TrainConfig(**json.loads(sys.argv[1])), progress=False)
+"""
 
 
 def _sync(device: torch.device) -> None:
@@ -28,67 +60,159 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Any, steps: int, device: torch.device, warmup: int = 2) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+def measure(data: str, out: Path, device: str, shape: dict[str, int], steps: int, compile: bool = False) -> dict[str, Any]:
+    """steps/s of ``Run.train_step`` for ``shape``, with the synthesis and EMA shares of a step."""
+    cfg = TrainConfig(data=data, out=str(out), steps=10**6, device=device, compile=compile, val_every=0, **shape)
+    run = Run.new(cfg, progress=False)
+    t0 = time.perf_counter()
+    run.train_step()  # the first step builds caches (and compiles)
+    _sync(run.device)
+    first = time.perf_counter() - t0
+    step_s = _timed(run.train_step, steps, run.device)
+
+    def synthesis() -> None:
+        run.generator.manual_seed(seed_for(cfg.seed, run.step, 0, 2))
+        synthesize(run.sampler.batch_at(run.step), run.synth, run.generator)
+
+    def ema() -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(run.ema_params, run.params, 1.0 - ema_decay(cfg.ema, run.step))
+
+    synth_s = _timed(synthesis, steps, run.device)
+    ema_s = _timed(ema, steps, run.device)
+    return {
+        "config": {**shape, "device": str(run.device), "amp_bf16": run.device.type == "cuda", "compile": compile},
+        "steps_timed": steps,
+        "first_step_s": round(first, 3),
+        "steps_per_s": round(1 / step_s, 4),
+        "synthesis_ms": round(1000 * synth_s, 3),
+        "synthesis_share": round(synth_s / step_s, 4),
+        "ema_ms": round(1000 * ema_s, 3),
+        "ema_share": round(ema_s / step_s, 4),
+    }
+
+
+def _log_steps_per_s(run_dir: Path) -> float:
+    with open(run_dir / "log.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["steps_per_s"]]
+    return statistics.median(float(r["steps_per_s"]) for r in rows[1:])
+
+
+def old_vs_new(data: str, commit: str, steps: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """The whole trainer of ``commit`` and of this tree on the CPU, same settings, run alternately."""
+    old_tree = tmp / f"udvd-triton-{commit}"
+    old_tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
+    for sub in ("kernels", "weights"):  # installed as udvd_triton.<sub>, which a source tree does not have
+        (old_tree / "udvd_triton" / sub).symlink_to(old_tree / sub)
+    settings = {**SMALL, "data": data, "steps": steps, "ema": 0.999, "clean_fraction": 0.0, "device": "cpu",
+                "val_every": 0, "ckpt_every": 0, "log_every": max(1, steps // 6)}
+    results: dict[str, list[float]] = {"old": [], "new": []}
+    for i in range(repeats):
+        for name, tree in (("old", old_tree), ("new", ROOT)):
+            out = tmp / f"{name}-{i}"
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps({**settings, "out": str(out)}), str(tree)],
+                                  env=env, cwd=tree, capture_output=True, text=True)  # cwd: sys.path[0] of -c
+            if proc.returncode:
+                raise RuntimeError(f"the {name} trainer failed:\n{proc.stderr[-3000:]}")
+            results[name].append(_log_steps_per_s(out))
+    old, new = statistics.median(results["old"]), statistics.median(results["new"])
+    return {
+        "old_commit": commit,
+        "settings": {k: v for k, v in settings.items() if k != "data"},
+        "old_steps_per_s": results["old"],
+        "new_steps_per_s": results["new"],
+        "median_old": round(old, 4),
+        "median_new": round(new, 4),
+        "speedup": round(new / old, 4),
+    }
+
+
+def _synthetic_data(folder: Path) -> str:
+    from PIL import Image
+
+    from udvd_triton.training.data import prepare_data
+
+    rng = np.random.default_rng(0)
+    photos = folder / "photos"
+    photos.mkdir()
+    for i in range(6):
+        small = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((400, 400), Image.BICUBIC).save(photos / f"{i}.png")
+    prepare_data(photos, folder / "prepared", crop=192, val_count=1, progress=False)
+    return str(folder / "prepared")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder written by `udvd prepare-data`")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--blocks", type=int, default=15)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=48, help="LR patch side")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per mode (after 3 warm-up steps)")
+    p.add_argument("--data", help="folder written by `udvd prepare-data` (default: random images in a temp folder)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: cuda if available)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of the small configuration (default 20)")
+    p.add_argument("--paper-steps", type=int, help="timed steps of the paper configuration (default 50 on CUDA, 2 on CPU)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    p.add_argument("--old-commit", default="e6f492c", help="commit whose trainer runs beside this one (CPU only; default e6f492c)")
+    p.add_argument("--old-steps", type=int, default=60, help="steps per old/new trainer run (default 60)")
+    p.add_argument("--repeats", type=int, default=2, help="old/new trainer runs each, alternated (default 2)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = UDVD(args.scale, n_feats=args.channels, n_blocks=args.blocks).to(device, memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    sampler = BatchSampler(CropDataset(args.data), args.batch, args.scale * args.patch)
-    synth = SynthConfig(args.scale)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-
-    def make_batch(step: int):
-        crops = torch.from_numpy(sampler.batch_at(step)).to(device)
-        return [t.contiguous(memory_format=fmt) for t in synthesize(crops, synth, step_generator(device, 0, step, 0))]
-
-    def train_step(batch) -> None:
-        lr, code, noise, hr = batch
-        with autocast:
-            out = model(lr, code, noise)
-        loss = multistage_l1_loss(out, hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def timed(fn) -> float:
-        for i in range(3):
-            fn(i)
-        _sync(device)
-        t = time.perf_counter()
-        for i in range(args.steps):
-            fn(i)
-        _sync(device)
-        return args.steps / (time.perf_counter() - t)
-
-    fixed = make_batch(0)
-    results = {
-        "device": str(device) if not cuda else torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "config": vars(args),
-        "steps_per_s_fixed_batch": timed(lambda i: train_step(fixed)),
-        "steps_per_s_with_synthesis": timed(lambda i: train_step(make_batch(i))),
-        "batches_per_s_synthesis_only": timed(make_batch),
-    }
-    results["synthesis_overhead"] = results["steps_per_s_fixed_batch"] / results["steps_per_s_with_synthesis"] - 1
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = str(Path(args.data).resolve()) if args.data else _synthetic_data(tmp)  # the trainers run elsewhere
+        results: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+            "data": "synthetic" if args.data is None else "given",
+        }
+        results["small"] = measure(data, tmp / "small", args.device, SMALL, args.steps)
+        print(json.dumps(results["small"]), flush=True)
+        paper_steps = args.paper_steps or (50 if cuda else 2)
+        results["paper"] = measure(data, tmp / "paper", args.device, PAPER, paper_steps)
+        print(json.dumps(results["paper"]), flush=True)
+        if not args.no_compile:
+            results["compile"] = measure(data, tmp / "compile", args.device, SMALL, args.steps, compile=True)
+            results["compile"]["speedup_vs_eager"] = round(results["compile"]["steps_per_s"] / results["small"]["steps_per_s"], 4)
+            print(json.dumps(results["compile"]), flush=True)
+        if not cuda and args.old_commit:
+            results["old_vs_new"] = old_vs_new(data, args.old_commit, args.old_steps, args.repeats, tmp)
+            print(json.dumps(results["old_vs_new"]), flush=True)
+        results["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.json:
+        from udvd_triton.files import write_json
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Add a trained model to the bundled registry: copy its weights into weights/ and write its manifest entry.
 
-    python scripts/add_to_registry.py runs/x2/final udvd-x2 --training "..." --license MIT [--description ...] [--default]
+    python scripts/add_to_registry.py runs/x2/final udvd-x2 --training "..." --license MIT [--description ...] \
+        [--default] [--dtype float16]
 
-The checkpoint is loaded with ``UDVD.from_pretrained`` first (so only a valid, complete checkpoint gets in), its
-``model.safetensors`` is copied to ``weights/<name>.safetensors``, and the entry (file, sha256, scale, config,
-training summary, license) replaces any entry of that name in ``weights/registry.json``. ``--default`` makes it the
-model of its scale used when none is named (the previous default of that scale loses the mark). Both files are
-written atomically (temporary name + rename).
+The checkpoint (a ``save_pretrained`` folder, sharded or not, or a file) is loaded with ``UDVD.from_pretrained``
+first, so only a valid, complete checkpoint gets in. Its weights are written as one file
+``weights/<name>.safetensors`` (config in the metadata) in float32 or, with ``--dtype float16``, half the size: a
+registry entry is one file of at most 16 MiB (the paper model is 18.4 MiB in float32, 9.2 MiB in float16). The
+entry (file, sha256, scale, config, training summary, license) replaces any entry of that name in
+``weights/registry.json``. ``--default`` makes it the model of its scale used when none is named (the previous
+default of that scale loses the mark). Both files are written atomically (temporary name + rename).
 """
 
 from __future__ import annotations
@@ -15,29 +18,41 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+import torch
 
 from udvd_triton import UDVD
 from udvd_triton.files import atomic_output, write_text
-from udvd_triton.zoo import WEIGHTS_NAME, sha256_file
+from udvd_triton.zoo import MAX_SHARD_BYTES, WEIGHTS_NAME, save_checkpoint, sha256_file
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. RUN_DIR/final)")
+    parser.add_argument("checkpoint", type=Path, help="a save_pretrained folder (e.g. RUN_DIR/final) or .safetensors file")
     parser.add_argument("name", help="registry name, e.g. udvd-x2")
     parser.add_argument("--training", required=True, help="one-line training summary")
     parser.add_argument("--license", required=True)
     parser.add_argument("--description", default="")
     parser.add_argument("--default", action="store_true", help="the default model of its scale")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default float32)")
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS,
+                        help="folder of registry.json and the weight files (default: the repository's weights/)")
     args = parser.parse_args()
 
     model = UDVD.from_pretrained(args.checkpoint)
-    target = WEIGHTS / f"{args.name}.safetensors"
-    with atomic_output(target) as tmp:
-        shutil.copyfile(args.checkpoint / WEIGHTS_NAME, tmp)
+    target = args.weights_dir / f"{args.name}.safetensors"
+    with tempfile.TemporaryDirectory() as folder:
+        written = save_checkpoint(model, folder, dtype=getattr(torch, args.dtype))
+        if written.name != WEIGHTS_NAME:
+            sys.exit(f"add_to_registry: the {args.dtype} weights exceed one {MAX_SHARD_BYTES >> 20} MiB file; "
+                     "use --dtype float16")
+        with atomic_output(target) as tmp:
+            shutil.copyfile(written, tmp)
     entry = {
         "name": args.name,
         "file": target.name,
@@ -49,7 +64,7 @@ def main() -> None:
     }
     if args.description:
         entry["description"] = args.description
-    manifest_path = WEIGHTS / "registry.json"
+    manifest_path = args.weights_dir / "registry.json"
     manifest = json.loads(manifest_path.read_text())
     models = [m for m in manifest["models"] if m["name"] != args.name]
     if args.default:

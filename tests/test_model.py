@@ -220,3 +220,28 @@ def test_torch_compile_matches_eager_on_cpu() -> None:
     with torch.no_grad():
         for e, g in zip(model(*args), compiled(*args)):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_fresh_model_starts_as_bicubic(scale: int) -> None:
+    """A new network's dynamic stages start as MATLAB bicubic upsampling and identity refinement."""
+    from udvd_triton.degradation import imresize
+    from udvd_triton.model import filter_taps
+
+    assert torch.equal(filter_taps(1, 5), F.one_hot(torch.tensor(12), 25).float())  # centre tap (dx=dy=2)
+    torch.manual_seed(0)
+    model = UDVD(scale=scale, n_feats=16, n_blocks=1).double().eval()
+    x = torch.rand(1, 3, 12, 14, dtype=torch.float64)
+    with torch.no_grad():
+        outs = model(x, torch.zeros(1, 15, 12, 14, dtype=torch.float64), torch.zeros(1, 1, 12, 14, dtype=torch.float64))
+    ref = torch.from_numpy(imresize(x[0].permute(1, 2, 0).numpy(), scale)).permute(2, 0, 1)[None]
+    inner = (..., slice(2 * scale, -2 * scale), slice(2 * scale, -2 * scale))  # the op zero-pads, imresize mirrors
+    for out in outs:  # only the 1e-2-scaled random weights move it off bicubic
+        assert (out - ref)[inner].abs().max() < 0.05
+    for stage in [model.upsample, *model.refine]:
+        stage.feat_kernel.weight.data.zero_()
+        stage.feat_residual[-1].weight.data.zero_()
+    with torch.no_grad():
+        outs = model(x, torch.zeros(1, 15, 12, 14, dtype=torch.float64), torch.zeros(1, 1, 12, 14, dtype=torch.float64))
+    for out in outs:
+        torch.testing.assert_close(out[inner], ref[inner], atol=1e-6, rtol=0)

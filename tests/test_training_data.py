@@ -148,11 +148,21 @@ def test_sampler_epochs_and_ranks(photos, tmp_path):
     n = len(ds)
     ranks = [BatchSampler(ds, batch=3, size=12, seed=5, rank=r, world=2) for r in range(2)]
     per_epoch = n // 6
-    seen = np.concatenate([s.indices(t) for t in range(per_epoch) for s in ranks])
+    seen = torch.cat([s.indices(t) for t in range(per_epoch) for s in ranks])
     assert len(set(seen.tolist())) == len(seen)  # no crop twice within an epoch, across ranks
+    # Positions run on across the epoch boundary: the last batch of epoch 0 and the first of epoch 1 are split
+    # between the two epochs' orders.
+    order = torch.cat([torch.from_numpy(np.random.default_rng([5, e]).permutation(n)) for e in range(3)])
+    for t in range(per_epoch - 1, 2 * per_epoch + 2):
+        assert torch.equal(ranks[1].indices(t), order[(2 * t + 1) * 3 : (2 * t + 2) * 3]), t
     batch = ranks[0].batch_at(4)
-    assert batch.shape == (3, 12, 12, 3) and batch.dtype == np.uint8
-    np.testing.assert_array_equal(batch, BatchSampler(ds, 3, 12, seed=5, rank=0, world=2).batch_at(4))
+    assert batch.shape == (3, 12, 12, 3) and batch.dtype == torch.uint8
+    assert torch.equal(batch, BatchSampler(ds, 3, 12, seed=5, rank=0, world=2).batch_at(4))
+    # Each sample is a 12x12 window of its crop, as stored in the shards.
+    for crop, index in zip(batch.numpy(), ranks[0].indices(4).tolist()):
+        stored = ds.shards[index // 5][index % 5]
+        windows = [stored[y : y + 12, x : x + 12] for y in range(5) for x in range(5)]
+        assert any(np.array_equal(crop, w) for w in windows)
     with pytest.raises(ValueError, match="does not fit"):
         BatchSampler(ds, 3, 20)
 

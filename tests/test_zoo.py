@@ -384,3 +384,81 @@ def test_bundled_models_load_offline_and_restore_a_degraded_photo(monkeypatch) -
         sr = model.upscale(lr, blur_sigma=1.2, noise_level=15)
         bicubic = np.clip(imresize(lr.astype(np.float64), s), 0, 1)
         assert psnr(sr, hr, border=s) > psnr(bicubic, hr, border=s) + 1.0, name
+
+
+# --- sharded and float16 checkpoints ---
+
+
+def test_paper_size_weights_are_sharded_under_16_mib(tmp_path: Path) -> None:
+    """The paper model (18.4 MiB of float32) is written as <= 16 MiB shards with a Hugging Face index, and loads."""
+    from udvd_triton.zoo import MAX_SHARD_BYTES
+
+    model = UDVD(scale=2)
+    model.save_pretrained(tmp_path / "big")
+    files = sorted(p.name for p in (tmp_path / "big").glob("*.safetensors"))
+    assert files == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert all((tmp_path / "big" / f).stat().st_size <= MAX_SHARD_BYTES for f in files)
+    index = json.loads((tmp_path / "big" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(model.state_dict()) and set(index["weight_map"].values()) == set(files)
+    assert index["metadata"]["total_size"] == sum(v.numel() * 4 for v in model.state_dict().values())
+    assert_same_weights(model, UDVD.from_pretrained(tmp_path / "big"))
+
+
+def test_float16_and_many_shards_round_trip(tmp_path: Path) -> None:
+    from udvd_triton.zoo import save_checkpoint
+
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / "half", dtype=torch.float16)
+    loaded = UDVD.from_pretrained(tmp_path / "half")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    weights = save_checkpoint(model, tmp_path / "many", max_shard_bytes=160_000)
+    assert weights.name == "model.safetensors.index.json" and len(list((tmp_path / "many").glob("model-*"))) > 2
+    assert all(p.stat().st_size <= 160_000 for p in (tmp_path / "many").glob("*.safetensors"))
+    assert_same_weights(model, UDVD.from_pretrained(tmp_path / "many"))
+    # Saving the same folder unsharded replaces the shards and their index, leaving one file.
+    save_checkpoint(model, tmp_path / "many")
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match="alone exceeds the shard size limit"):
+        save_checkpoint(model, tmp_path / "tiny-shards", max_shard_bytes=100_000)
+
+
+def test_broken_shards_and_indexes_are_checkpoint_errors(tmp_path: Path) -> None:
+    from udvd_triton.zoo import save_checkpoint
+
+    folder = tmp_path / "m"
+    index = save_checkpoint(tiny_model(), folder, max_shard_bytes=160_000)
+    shard = folder / "model-00002-of-00004.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*model-00002-of-00004"):
+        UDVD.from_pretrained(folder)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="shard model-00002-of-00004.safetensors is missing"):
+        UDVD.from_pretrained(folder)
+    content = json.loads(index.read_text())
+    first = next(iter(content["weight_map"]))
+    for bad, match in (({**content, "weight_map": {first: "../x.safetensors"}}, "outside its folder"),
+                       ({"weight_map": {}}, "no weight_map"), ("{not json", "not valid JSON")):
+        index.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        with pytest.raises(CheckpointError, match=match):
+            UDVD.from_pretrained(folder)
+
+
+def test_add_to_registry_takes_a_sharded_checkpoint_as_one_float16_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = UDVD(scale=2)  # 18.4 MiB in float32: saved sharded, registered as one 9.2 MiB float16 file
+    model.save_pretrained(tmp_path / "big")
+    write_registry(tmp_path / "registry.json", [])
+    cmd = [sys.executable, str(ROOT / "scripts" / "add_to_registry.py"), str(tmp_path / "big"), "big-x2",
+           "--training", "test", "--license", "MIT", "--weights-dir", str(tmp_path)]
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 1 and "use --dtype float16" in refused.stderr
+    subprocess.run([*cmd, "--dtype", "float16", "--default"], check=True, capture_output=True)
+    assert (tmp_path / "big-x2.safetensors").stat().st_size <= 16 * 2**20
+    loaded = UDVD.from_pretrained("big-x2", registry=tmp_path / "registry.json")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    assert default_model(2, tmp_path / "registry.json") == "big-x2"

@@ -65,6 +65,8 @@ def gaussian_kernels(
     theta: torch.Tensor | float = 0.0,
     size: int = KERNEL_SIZE,
     dtype: torch.dtype | None = None,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
     """Batched Gaussian blur kernels (the one implementation behind every kernel in this module).
 
@@ -75,6 +77,8 @@ def gaussian_kernels(
         theta: (N,) tensor or float, rotation in radians from the x (column) axis.
         size: odd kernel size.
         dtype: output dtype; the kernels are always computed in float64 first. Default float64.
+        check: raise ValueError unless every width is positive. Reading the widths back costs a host-device sync;
+            callers whose widths are positive by construction (``random_kernels``) skip it.
 
     Returns:
         (N, size, size) tensor on the device of the tensor arguments (CPU for plain floats), each kernel summing
@@ -82,11 +86,17 @@ def gaussian_kernels(
     """
     _check_size(size)
     device = next((t.device for t in (sigma_x, sigma_y, theta) if isinstance(t, torch.Tensor)), None)
-    sx = torch.as_tensor(sigma_x, dtype=torch.float64, device=device).reshape(-1)
-    sy = sx if sigma_y is None else torch.as_tensor(sigma_y, dtype=torch.float64, device=device).reshape(-1)
-    th = torch.as_tensor(theta, dtype=torch.float64, device=device).reshape(-1)
-    sx, sy, th = torch.broadcast_tensors(sx, sy, th)
-    if bool((sx <= 0).any()) or bool((sy <= 0).any()):
+
+    def as_f64(v: torch.Tensor | float) -> torch.Tensor:
+        # A Python number becomes a filled tensor on the device, not a host tensor copied over (which syncs).
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return torch.full((1,), float(v), dtype=torch.float64, device=device)
+        return torch.as_tensor(v, dtype=torch.float64, device=device).reshape(-1)
+
+    sx = as_f64(sigma_x)
+    sy = sx if sigma_y is None else as_f64(sigma_y)
+    sx, sy, th = torch.broadcast_tensors(sx, sy, as_f64(theta))
+    if check and (bool((sx <= 0).any()) or bool((sy <= 0).any())):
         raise ValueError("kernel widths sigma_x, sigma_y must be positive")
     r = torch.arange(size, dtype=torch.float64, device=device) - size // 2
     y, x = r[:, None], r[None, :]
@@ -138,21 +148,25 @@ def random_kernels(
     def uniform(a: float, b: float) -> torch.Tensor:
         return a + (b - a) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
+    # The widths are positive by construction (lo > 0): no check, so sampling never waits for the device.
     if not anisotropic:
-        return gaussian_kernels(uniform(lo, hi), dtype=dtype)
+        return gaussian_kernels(uniform(lo, hi), dtype=dtype, check=False)
     theta = uniform(0.0, math.pi)
-    return gaussian_kernels(uniform(lo, hi), uniform(lo, hi), theta, dtype=dtype)
+    return gaussian_kernels(uniform(lo, hi), uniform(lo, hi), theta, dtype=dtype, check=False)
 
 
-def _check_kernels(k: torch.Tensor, name: str = "kernel") -> None:
-    """Square odd kernels (..., k, k) of a float dtype, each summing to 1."""
+def _check_kernels(k: torch.Tensor, name: str = "kernel", *, check_sums: bool = True) -> None:
+    """Square odd kernels (..., k, k) of a float dtype, each summing to 1 (``check_sums``: the one check that reads
+    values, and so waits for the device; the shape and dtype checks are free)."""
     if not k.is_floating_point():
         raise ValueError(f"{name} must be a floating-point array, got dtype {k.dtype}")
     if k.dim() < 2 or k.shape[-1] != k.shape[-2]:
         raise ValueError(f"{name} must be square (..., k, k), got shape {tuple(k.shape)}")
     if k.shape[-1] % 2 == 0:
         raise ValueError(f"{name} size must be odd (the kernel has a centre pixel), got {k.shape[-1]}")
-    err = (k.sum(dim=(-2, -1), dtype=torch.float64) - 1).abs().max() if k.numel() else 0.0
+    if not check_sums or not k.numel():
+        return
+    err = (k.sum(dim=(-2, -1), dtype=torch.float64) - 1).abs().max()
     if err > _SUM_TOL:
         raise ValueError(f"{name} must sum to 1 (within {_SUM_TOL}), but a sum is off by {float(err):.3g}")
 
@@ -165,6 +179,18 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     ax = np.abs(x)
     ax2, ax3 = ax * ax, ax * ax * ax
     return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
+
+
+def cubic_taps(scale: int, kernel_size: int) -> torch.Tensor:
+    """Bicubic (a = -0.5) upsampling weights by an integer ``scale``: (s, k) float32, rows sum to 1.
+
+    Row a weights the k LR pixels at offsets -p..p around LR pixel i for HR pixel s*i + a (pixel centres aligned
+    as in ``imresize``); taps outside the k window (only when k < 5) are dropped and the row renormalised.
+    """
+    p = kernel_size // 2
+    centre = (np.arange(scale) + 0.5) / scale - 0.5  # HR sub-pixel centres in LR pixel units around pixel i
+    w = _cubic(centre[:, None] - (np.arange(kernel_size) - p)[None, :])
+    return torch.from_numpy(w / w.sum(1, keepdims=True)).float()
 
 
 _BAND_CACHE_SIZE = 256  # (in, out, scale) bands: a few kB each
@@ -439,23 +465,34 @@ def pca_basis() -> np.ndarray:
     return basis
 
 
+@functools.lru_cache(maxsize=16)
+def _pca_basis_tensor(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`pca_basis` as a tensor, copied to each (device, dtype) once rather than on every call."""
+    return torch.tensor(pca_basis(), dtype=dtype, device=device)
+
+
 def kernel_code(
-    kernel: np.ndarray | torch.Tensor, basis: np.ndarray | torch.Tensor | None = None
+    kernel: np.ndarray | torch.Tensor, basis: np.ndarray | torch.Tensor | None = None, *, check: bool = True
 ) -> np.ndarray | torch.Tensor:
     """SRMD kernel code ``P @ kernel.ravel()`` with P = ``basis``, by default :func:`pca_basis`.
 
     Args:
         kernel: numpy (k, k), or torch (k, k) / (N, k, k) on any device; each kernel sums to 1.
         basis: (code_len, k*k) projection, e.g. the ``kernel_basis`` a model was trained with; k = 15 by default.
+        check: verify that each kernel sums to 1 (reads values back: a host-device sync). Training's synthesis
+            skips it for the kernels it builds normalised.
 
     Returns:
         numpy (code_len,) float64, or torch (code_len,) / (N, code_len) in the kernel's dtype and on its device.
     """
     if isinstance(kernel, np.ndarray):
-        return kernel_code(torch.from_numpy(np.asarray(kernel, dtype=np.float64)), basis).numpy()
+        return kernel_code(torch.from_numpy(np.asarray(kernel, dtype=np.float64)), basis, check=check).numpy()
     if not isinstance(kernel, torch.Tensor):
         raise ValueError(f"kernel must be a numpy array or torch tensor, got {type(kernel).__name__}")
-    p = basis if isinstance(basis, torch.Tensor) else torch.tensor(pca_basis() if basis is None else basis)
+    if basis is None:
+        p = _pca_basis_tensor(kernel.device, kernel.dtype if kernel.is_floating_point() else torch.float64)
+    else:
+        p = basis if isinstance(basis, torch.Tensor) else torch.tensor(basis)
     size = math.isqrt(p.shape[-1])
     if p.dim() != 2 or size * size != p.shape[-1]:
         raise ValueError(f"basis must be (code_len, k*k), got shape {tuple(p.shape)}")
@@ -464,7 +501,7 @@ def kernel_code(
             f"kernel must be ({size}, {size}) or (N, {size}, {size}) to match the PCA basis, "
             f"got shape {tuple(kernel.shape)}"
         )
-    _check_kernels(kernel)
+    _check_kernels(kernel, check_sums=check)
     return kernel.flatten(-2) @ p.to(device=kernel.device, dtype=kernel.dtype).T
 
 

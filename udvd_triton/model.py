@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from udvd_triton.degradation import pca_basis
+from udvd_triton.degradation import cubic_taps, pca_basis
 from udvd_triton.ops import dynamic_filter
 from udvd_triton.zoo import ZooMixin
 
@@ -54,6 +54,31 @@ def _apply_dynamic(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_si
     # Under autocast the predicted kernels arrive in bf16/fp16 while the image is fp32: the op reads each in its own
     # dtype and accumulates in fp32 (a cast would write and re-read the largest tensor of the op); result in x's dtype.
     return dynamic_filter(x, kernels, scale=scale, kernel_size=kernel_size, depthwise=True)
+
+
+def _start_as_filter(kernel_conv: nn.Conv2d, residual_conv: nn.Conv2d, taps: torch.Tensor) -> None:
+    """Initialise a dynamic stage to apply the fixed filter ``taps`` (k*k*s*s,) plus a near-zero residual.
+
+    A fresh network then starts at bicubic upsampling (and identity refinement) instead of at noise: training only
+    learns the correction, which on a small CPU budget is the difference between losing and beating bicubic.
+    The weights are scaled down rather than zeroed so that the output still depends on the features and maps.
+    """
+    with torch.no_grad():
+        kernel_conv.weight.mul_(1e-2)
+        kernel_conv.bias.copy_(taps)
+        residual_conv.weight.mul_(1e-2)
+        residual_conv.bias.zero_()
+
+
+def filter_taps(scale: int, kernel_size: int) -> torch.Tensor:
+    """Bicubic upsampling by ``scale`` as dynamic-filter taps: (k*k*s*s,) in the op's channel order.
+
+    Channel ``(dx*k + dy)*s*s + a*s + b`` weights LR pixel (i + dy - p, j + dx - p) for HR pixel (s*i + a, s*j + b);
+    scale 1 gives the identity (centre tap 1).
+    """
+    rows = cubic_taps(scale, kernel_size)  # (s, k): weights of the k LR rows for HR row sub-pixel a
+    taps = torch.einsum("ay,bx->xyab", rows, rows)  # separable: w[dx, dy, a, b] = rows[a, dy] * rows[b, dx]
+    return taps.reshape(-1)
 
 
 class ResBlock(nn.Module):
@@ -104,6 +129,8 @@ class UpsampleDynamicConv(nn.Module):
             _conv(RESIDUAL_CHANNELS, image_channels),
         )
         self.feat_kernel = _conv(cat, kernel_size * kernel_size * scale * scale) if dynamic else None
+        if self.feat_kernel is not None:
+            _start_as_filter(self.feat_kernel, self.feat_residual[-1], filter_taps(scale, kernel_size))
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         cat = torch.cat([self.image_conv(image), features], 1)
@@ -126,6 +153,7 @@ class CommonDynamicConv(nn.Module):
             _conv(cat, RESIDUAL_CHANNELS), nn.ReLU(inplace=True), _conv(RESIDUAL_CHANNELS, image_channels)
         )
         self.feat_kernel = _conv(cat, kernel_size * kernel_size)
+        _start_as_filter(self.feat_kernel, self.feat_residual[-1], filter_taps(1, kernel_size))
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         cat = torch.cat([self.image_conv(image), self.feat_conv(features)], 1)

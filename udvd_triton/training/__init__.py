@@ -4,6 +4,6 @@ loop (``trainer``), evaluation over a degradation grid (``evaluate``) and the ``
 from udvd_triton.training.data import BatchSampler, CropDataset, prepare_data
 from udvd_triton.training.evaluate import evaluate
 from udvd_triton.training.synth import SynthConfig, synthesize
-from udvd_triton.training.trainer import TrainConfig, train
+from udvd_triton.training.trainer import TrainConfig, resume, train
 
-__all__ = ["BatchSampler", "CropDataset", "SynthConfig", "TrainConfig", "evaluate", "prepare_data", "synthesize", "train"]
+__all__ = ["BatchSampler", "CropDataset", "SynthConfig", "TrainConfig", "evaluate", "prepare_data", "resume", "synthesize", "train"]

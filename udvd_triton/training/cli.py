@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from udvd_triton.training.trainer import TrainConfig, train
+from udvd_triton.training.trainer import MODEL_DEFAULTS, TrainConfig, resume, train
 
 
 class _Renamed(argparse.Action):
@@ -47,50 +47,52 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        data=args.data,
-        out=args.out,
-        scale=args.scale,
-        steps=args.steps,
-        batch=args.batch,
-        patch=args.patch,
-        channels=args.channels,
-        blocks=args.blocks,
-        variant=args.variant,
-        lr=args.lr,
-        lr_milestones=tuple(args.lr_milestones),
-        lr_gamma=args.lr_gamma,
-        grad_clip=args.grad_clip,
-        ema=args.ema,
-        loss_weights=tuple(args.loss_weights) if args.loss_weights else None,
-        anisotropic=args.anisotropic,
-        clean_fraction=args.clean_fraction,
-        noise_max=args.noise_max,
-        quantize=not args.no_quantize,
-        augment=not args.no_augment,
-        seed=args.seed,
-        device=args.device,
-        amp=not args.no_amp,
-        val_every=args.val_every,
-        val_sigma=args.val_sigma,
-        val_noise=args.val_noise,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        max_minutes=args.max_minutes,
-        finetune_from=getattr(args, "source", None),
-    )
+_DEFAULTS = TrainConfig(data="", out="")
+FINETUNE_DEFAULTS = {"lr": 1e-4}  # a trained model needs smaller steps than a random one
+_NOT_SETTINGS = ("command", "handler", "resume", "quiet", "json")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user typed: the train options have no argparse defaults (``argparse.SUPPRESS``), so only
+    given flags are in ``args`` and a default can never pass for a choice on resume."""
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    if "loss_weights" in given:
+        given["loss_weights"] = tuple(given["loss_weights"])
+    return given
 
 
 def _train(args: argparse.Namespace) -> int:
-    train(_train_config(args), resume=args.resume, progress=not args.quiet)
+    given = _given(args)
+    if args.resume:
+        resume(args.out, given, progress=not args.quiet)
+        return 0
+    missing = [f"--{name}" for name in ("data",) if name not in given]
+    if args.command == "finetune" and "finetune_from" not in given:
+        missing.append("--from")
+    if missing:
+        raise ValueError(f"a new run needs {' and '.join(missing)} (only --resume takes them from the run folder)")
+    defaults = FINETUNE_DEFAULTS if args.command == "finetune" else {}
+    train(TrainConfig(**{**defaults, **given}), progress=not args.quiet)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from udvd_triton.files import check_writable_folder, exists, write_json
     from udvd_triton.model import UDVD
     from udvd_triton.training.evaluate import DEFAULT_NOISES, default_images, default_sigmas, evaluate, folder_images, markdown_table
 
+    if args.json:  # known before any compute: an unwritable folder, or a file that is not ours to replace
+        target = Path(args.json)
+        check_writable_folder(target.parent)
+        if exists(target):
+            if not args.overwrite:
+                raise FileExistsError(f"--json {target} exists (use --overwrite to replace it)")
+            try:
+                ours = {"model", "results", "metric"} <= json.loads(target.read_text()).keys()
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+                ours = False
+            if not ours:
+                raise FileExistsError(f"--json {target} exists and is not a `udvd eval` result: not replacing it")
     model = UDVD.from_pretrained(args.model, device=args.device)
     images = folder_images(args.images) if args.images else default_images()
     sigmas = args.sigma or default_sigmas(model.scale)
@@ -109,47 +111,66 @@ def _eval(args: argparse.Namespace) -> int:
             "results": rows,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
     return 0
 
 
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
-    p.add_argument("--data", required=True, help="folder written by `udvd prepare-data`")
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.csv, final/)")
-    p.add_argument(
-        "--scale", type=int, choices=(2, 3, 4), default=None if finetune else 2,
-        help="upscaling factor" + (" (default: the source model's)" if finetune else " (default 2)"),
-    )
-    p.add_argument("--steps", type=int, default=100_000, help="total optimiser steps (default 100000)")
-    p.add_argument("--batch", type=int, default=16, help="crops per step and process (default 16)")
-    p.add_argument("--patch", type=int, default=48, help="LR patch side; HR crops are scale*patch (default 48)")
-    model_default = "the source model's" if finetune else None
-    p.add_argument("--channels", type=int, help=f"body width (default {model_default or 128})")
-    p.add_argument("--blocks", type=int, help=f"residual blocks (default {model_default or 15})")
-    p.add_argument("--variant", choices=("baseline", "D", "U", "UD", "UDD"), help=f"ablation variant (default {model_default or 'UDD'})")
-    p.add_argument("--lr", type=float, default=1e-4 if finetune else 2e-4, help="Adam learning rate (default %(default)g)")
-    p.add_argument("--lr-milestones", type=float, nargs="+", default=[0.5, 0.75], metavar="F",
-                   help="fractions of --steps where the LR is multiplied by --lr-gamma (default 0.5 0.75)")
-    p.add_argument("--lr-gamma", type=float, default=0.5, help="LR decay factor (default 0.5)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1)")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights, 0 = off (default 0; e.g. 0.999)")
-    p.add_argument("--loss-weights", type=float, nargs="+", metavar="W", help="multi-stage L1 weights (default all 1)")
-    p.add_argument("--anisotropic", type=float, default=0.0, help="fraction of anisotropic blur kernels (default 0)")
-    p.add_argument("--clean-fraction", type=float, default=0.0, help="fraction of noise-free samples (default 0)")
-    p.add_argument("--noise-max", type=float, default=75.0, help="max AWGN sigma, 0..255 scale (default 75)")
-    p.add_argument("--no-quantize", action="store_true", help="keep the LR in float instead of rounding it to 8 bits")
-    p.add_argument("--no-augment", action="store_true", help="no random flips / 90-degree rotations")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--val-every", type=int, default=1000, help="validate every N steps, 0 = never (default 1000)")
-    p.add_argument("--val-sigma", type=float, help="validation blur width (default: middle of the scale's range)")
-    p.add_argument("--val-noise", type=float, default=15.0, help="validation noise level (default 15)")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint every N steps (default 1000)")
-    p.add_argument("--log-every", type=int, default=50, help="CSV log row every N steps (default 50)")
-    p.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint + final/) after this wall time")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = _DEFAULTS
+    src = "the source model's"
+
+    def add(*names: str, **kwargs: Any) -> None:
+        p.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
+
+    add("--data", metavar="DIR", help="folder written by `udvd prepare-data` (required for a new run; with --resume "
+        "only if the folder moved: default the run's)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: config.json, checkpoint.json, "
+                   "checkpoints/, log.csv, final/ (required; a new run needs a new or empty folder)")
+    add("--scale", type=int, choices=(2, 3, 4), help=f"upscaling factor (default {src if finetune else 2})")
+    add("--steps", type=int, metavar="N", help="total optimiser steps, which fix the LR schedule; with --resume a "
+        f"new count re-plans the rest of the schedule (default {d.steps})")
+    add("--batch", type=int, metavar="B", help=f"crops per step and process (default {d.batch})")
+    add("--patch", type=int, metavar="P", help="LR patch side in pixels; HR crops are scale x P (default "
+        f"{d.patch}: the paper model sees 38 LR px around each pixel)")
+    add("--channels", type=int, help=f"body width in channels (default {src if finetune else MODEL_DEFAULTS['channels']})")
+    add("--blocks", type=int, help=f"residual blocks (default {src if finetune else MODEL_DEFAULTS['blocks']})")
+    add("--variant", choices=("baseline", "D", "U", "UD", "UDD"),
+        help=f"ablation variant (default {src if finetune else MODEL_DEFAULTS['variant']})")
+    lr = FINETUNE_DEFAULTS["lr"] if finetune else d.lr
+    add("--lr", type=float, help=f"peak learning rate of the cosine schedule, Adam (default {lr:g})")
+    add("--lr-min", type=float, help=f"learning rate at the last step (default {d.lr_min:g})")
+    add("--warmup", type=float, metavar="F", help=f"linear LR warm-up, a fraction of --steps in [0, 1) (default {d.warmup:g})")
+    add("--grad-clip", type=float, help=f"max global gradient norm, 0 = off (default {d.grad_clip:g})")
+    add("--ema", type=float, help=f"EMA decay of the weights in [0, 1), 0 = off; final/ holds the EMA weights "
+        f"(default {d.ema:g})")
+    add("--loss-weights", type=float, nargs="+", metavar="W",
+        help="weights of the multi-stage L1, one per stage output, >= 0 (default: all 1)")
+    add("--anisotropic", type=float, metavar="F",
+        help=f"fraction of samples with an anisotropic blur kernel, 0..1 (default {d.anisotropic:g})")
+    add("--clean-fraction", type=float, metavar="F", help=f"fraction of noise-free samples, 0..1 (default {d.clean_fraction:g})")
+    add("--noise-max", type=float, help=f"highest AWGN sigma, 0..255 scale (default {d.noise_max:g})")
+    add("--no-quantize", dest="quantize", action="store_false",
+        help="keep the LR in float instead of rounding it to 8 bits (default: rounded)")
+    add("--no-augment", dest="augment", action="store_false", help="no random flips / 90-degree rotations (default: on)")
+    add("--seed", type=int, help=f"seed of the initial weights, crops and degradations, >= 0 (default {d.seed})")
+    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--no-amp", dest="amp", action="store_false",
+        help="float32 on CUDA instead of bf16 autocast (default: bf16 on CUDA; the CPU trains in float32)")
+    add("--compile", action="store_true",
+        help="torch.compile the model (default: off; see benchmarks/README.md for when it pays)")
+    add("--val-every", type=int, metavar="N", help=f"validate every N steps, 0 = never (default {d.val_every})")
+    add("--val-sigma", type=float,
+        help="validation blur width in HR pixels (default: middle of the scale's training range)")
+    add("--val-noise", type=float, help=f"validation noise level, 0..255 scale (default {d.val_noise:g})")
+    add("--ckpt-every", type=int, metavar="N", help=f"checkpoint every N steps, 0 = only at the end (default {d.ckpt_every})")
+    add("--log-every", type=int, metavar="N", help="CSV log row every N steps; the loss and time budget are checked "
+        f"there, never in between (default {d.log_every})")
+    add("--max-minutes", type=float, metavar="M", help="stop cleanly after M minutes of this session, with a "
+        "checkpoint and final/; continue with --resume (default: no limit)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint with "
+                   "its own settings; --data (moved), --steps (re-plans), --max-minutes, --device, --compile, "
+                   "--log/val/ckpt-every may change, any other differing flag is refused (default: a new run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -181,22 +202,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_prepare_data)
 
-    p = subparsers.add_parser("train", help="train a UDVD on prepared data")
+    p = subparsers.add_parser(
+        "train", help="train a UDVD on prepared data",
+        description="Train a UDVD from scratch on data written by `udvd prepare-data`, with degradations synthesised "
+        "per sample on the training device. Defaults are the paper model's recipe (README, Training defaults).",
+    )
     _add_train_options(p, finetune=False)
     p.set_defaults(handler=_train)
 
-    p = subparsers.add_parser("finetune", help="fine-tune a model (any scale) on prepared data")
-    p.add_argument("--from", dest="source", required=True, help="registry name, checkpoint folder or file")
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a model (any scale) on prepared data",
+        description="Fine-tune a trained model on prepared data, also to another scale: every tensor whose name and "
+        "shape fit is copied from the source, the rest is initialised afresh (listed in RUN/finetune.json).",
+    )
+    p.add_argument("--from", dest="finetune_from", default=argparse.SUPPRESS, metavar="MODEL",
+                   help="source model: registry name, checkpoint folder or .safetensors file (required for a new run)")
     _add_train_options(p, finetune=True)
     p.set_defaults(handler=_train)
 
-    p = subparsers.add_parser("eval", help="PSNR/SSIM over a blur x noise grid, next to bicubic")
-    p.add_argument("--model", required=True, help="registry name, checkpoint folder or file")
-    p.add_argument("--images", help="folder of HR images (default: scikit-image's sample photos)")
-    p.add_argument("--sigma", type=float, nargs="+", help="blur widths (default: low/middle/high of the training range)")
-    p.add_argument("--noise", type=float, nargs="+", help="noise levels, 0..255 (default 0 15 50)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    p = subparsers.add_parser(
+        "eval", help="PSNR/SSIM over a blur x noise grid, next to bicubic",
+        description="Score a model over a grid of Gaussian blur widths x noise levels on HR images, next to bicubic "
+        "upscaling of the same degraded input: mean PSNR (dB) / SSIM on Y, border = scale.",
+    )
+    p.add_argument("--model", required=True, help="registry name, checkpoint folder or .safetensors file (required)")
+    p.add_argument("--images", metavar="DIR",
+                   help="folder of HR images (default: scikit-image's astronaut, chelsea, coffee, rocket)")
+    p.add_argument("--sigma", type=float, nargs="+",
+                   help="blur widths in HR pixels (default: low, middle and high end of the scale's training range)")
+    p.add_argument("--noise", type=float, nargs="+", help="noise levels, 0..255 scale (default 0 15 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the added noise (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json result (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     p.set_defaults(handler=_eval)

@@ -6,16 +6,21 @@ anisotropic kernels), then ``degradation.degrade`` (circular blur -> bicubic dow
 ``noise_range`` on the 0..255 scale), optionally the LR quantised to 8 bits (clipped to [0, 1] and rounded to
 multiples of 1/255, as a real LR image stored as uint8 would be). Every random draw uses the caller's
 ``torch.Generator``, so a batch is reproducible from its seed.
+
+Nothing here waits for the device (no ``.item()``, ``nonzero`` or host copies), so on a GPU the synthesis of a step
+queues behind the previous step instead of stalling it: the per-sample transforms are gathers, and the kernels,
+which are built valid, skip the value checks that ``degradation``'s public functions do on user input.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from udvd_triton.degradation import degradation_maps, degrade, random_kernels
+from udvd_triton.degradation import CODE_LENGTH, _circular_blur, imresize, kernel_code, random_kernels
 
 SIGMA_RANGES = {2: (0.2, 2.0), 3: (0.2, 3.0), 4: (0.2, 4.0)}  # isotropic Gaussian widths (HR pixels) of SRMD
 NOISE_RANGE = (0.0, 75.0)
@@ -63,19 +68,26 @@ class Batch(NamedTuple):
     hr: torch.Tensor
 
 
+@functools.lru_cache(maxsize=8)
+def _dihedral_index(size: int, device: torch.device) -> torch.Tensor:
+    """(8, size*size) int64: row t holds, for each output pixel of transform t, the flat index of its source pixel.
+
+    Transform t: a horizontal flip when ``t & 4``, then ``t & 3`` counter-clockwise quarter turns (``torch.rot90``).
+    """
+    grid = torch.arange(size * size).reshape(size, size)
+    rows = [torch.rot90(grid.flip(-1) if t & 4 else grid, t & 3, dims=(-2, -1)).reshape(-1) for t in range(8)]
+    return torch.stack(rows).to(device)
+
+
 def random_dihedral(hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each square image of ``hr`` (N, C, P, P) under one of the 8 flips / 90-degree rotations, drawn per sample."""
+    """Each square image of ``hr`` (N, C, P, P) (any dtype) under one of the 8 flips / 90-degree rotations, drawn
+    per sample; one gather, no host sync."""
     if hr.shape[-1] != hr.shape[-2]:
         raise ValueError(f"random_dihedral needs square crops, got shape {tuple(hr.shape)}")
-    choice = torch.randint(0, 8, (hr.shape[0],), generator=generator, device=generator.device).to(hr.device)
-    out = hr.clone()
-    for t in range(1, 8):
-        idx = (choice == t).nonzero().flatten()
-        if idx.numel():
-            x = hr[idx]
-            x = x.flip(-1) if t & 4 else x
-            out[idx] = torch.rot90(x, t & 3, dims=(-2, -1))
-    return out
+    n, c, p, _ = hr.shape
+    choice = torch.randint(0, 8, (n,), generator=generator, device=generator.device).to(hr.device)
+    index = _dihedral_index(p, hr.device)[choice]  # (N, P*P)
+    return hr.reshape(n, c, p * p).gather(2, index[:, None, :].expand(n, c, p * p)).reshape(n, c, p, p)
 
 
 def sample_degradations(
@@ -104,8 +116,15 @@ def degrade_batch(
     quantize: bool = True,
 ) -> torch.Tensor:
     """LR images (N, 3, H/s, W/s) from ``hr`` (N, 3, H, W) in [0, 1] with per-sample ``kernels`` (N, 15, 15) and
-    ``noise_levels`` (N,) (0..255 scale): ``degradation.degrade``, then optional 8-bit quantisation."""
-    lr = degrade(hr, kernels.to(hr), scale, noise_levels.to(hr), rng=generator)
+    ``noise_levels`` (N,) (0..255 scale), then optional 8-bit quantisation.
+
+    The same steps and numbers as ``degradation.degrade`` (circular blur, ``imresize`` by 1/scale, AWGN from
+    ``generator``) without its argument checks, whose kernel-sum check would wait for the device every step: the
+    kernels of ``sample_degradations`` sum to 1 by construction.
+    """
+    lr = imresize(_circular_blur(hr, kernels.to(hr)), 1 / scale)
+    noise = torch.randn(lr.shape, generator=generator, device=lr.device, dtype=lr.dtype)
+    lr = lr + noise * (noise_levels.to(lr).reshape(-1, 1, 1, 1) / 255.0)
     return lr.clamp(0, 1).mul(255).round().div(255) if quantize else lr
 
 
@@ -118,10 +137,14 @@ def synthesize(hr_crops: torch.Tensor, config: SynthConfig, generator: torch.Gen
         raise ValueError(f"hr_crops must be uint8 (N, P, P, 3), got {hr_crops.dtype} {tuple(hr_crops.shape)}")
     if hr_crops.shape[1] % config.scale or hr_crops.shape[2] % config.scale:
         raise ValueError(f"crop size {tuple(hr_crops.shape[1:3])} is not divisible by the scale {config.scale}")
-    hr = hr_crops.to(generator.device).permute(0, 3, 1, 2).float().div_(255)
+    hr = hr_crops.to(generator.device).permute(0, 3, 1, 2)
     if config.augment:
-        hr = random_dihedral(hr, generator)
+        hr = random_dihedral(hr, generator)  # on the uint8 pixels: a quarter of the bytes to move
+    hr = hr.float().div_(255).contiguous()
     kernels, noise = sample_degradations(hr.shape[0], config, generator)
     lr = degrade_batch(hr, kernels, noise, config.scale, generator, config.quantize)
-    code_map, noise_map = degradation_maps(kernels, noise, lr.shape[-2:])
-    return Batch(lr.contiguous(), code_map.to(lr), noise_map.to(lr), hr.contiguous())
+    n, _, h, w = lr.shape
+    # degradation_maps' spatially uniform case, without its kernel check (see degrade_batch)
+    code_map = kernel_code(kernels, check=False).to(lr).reshape(n, CODE_LENGTH, 1, 1).expand(n, CODE_LENGTH, h, w)
+    noise_map = (noise.to(lr) / 255.0).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+    return Batch(lr.contiguous(), code_map.contiguous(), noise_map.contiguous(), hr)

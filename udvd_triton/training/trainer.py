@@ -1,15 +1,31 @@
-"""The training loop: multi-stage L1, Adam, step LR schedule, EMA, checkpoints / exact resume, DDP, validation.
+"""The training loop: multi-stage L1, Adam, a cosine LR schedule with warm-up, EMA, checkpoints / exact resume, DDP.
 
 Run folder (``TrainConfig.out``)::
 
-    checkpoint.pt   model, optimiser, scheduler, EMA, step, config, RNG states; replaced atomically
-    log.csv         step, loss, lr, elapsed_s, steps_per_s, val_psnr, val_ssim, val_bicubic_psnr
-    finetune.json   (fine-tuning only) which tensors came from the source model and which were re-initialised
-    final/          ``save_pretrained`` output (EMA weights when EMA is on), loadable by ``UDVD.from_pretrained``
+    config.json          the run's settings (rewritten when a resume changes one)
+    checkpoint.json      which checkpoint is the latest: {"checkpoint": "checkpoints/step-00005000", "step": 5000}
+    checkpoints/step-00005000/
+        tensors.safetensors (or tensors-0000i-of-0000n.safetensors + tensors.safetensors.index.json, <= 16 MiB
+                         each): model.*, ema.* and optimizer.<param>.{step,exp_avg,exp_avg_sq}
+        state.json       step, settings, schedule, model config, RNG states, data fingerprint, the log row in progress
+    log.csv              step, loss, lr, elapsed_s, steps_per_s, val_psnr, val_ssim, val_bicubic_psnr
+    finetune.json        (fine-tuning only) which tensors came from the source model and which were re-initialised
+    final/               ``save_checkpoint`` output (EMA weights when EMA is on), loadable by ``UDVD.from_pretrained``
+
+No pickle anywhere: tensors in safetensors, everything else JSON. A checkpoint is written into a temporary folder,
+renamed into place, and only then does ``checkpoint.json`` (replaced atomically) point at it, so a run killed while
+writing resumes from the previous checkpoint.
+
+Sync-free steps: a training step (crop gather, synthesis, forward, backward, clipping, Adam, EMA) never waits for
+the device; the loss is summed and checked for NaN/inf on the device. The host reads them back only every
+``log_every`` steps (and at validation / checkpoints), where it also checks the time budget.
 
 Randomness: the crops of step t on rank r and their degradations are drawn from generators seeded with
-(seed, t, r) (``BatchSampler``, ``step_generator``), so a resumed run reproduces the uninterrupted one exactly
-without carrying data-loader state; torch's global RNG state is saved and restored as well.
+(seed, t, r) (``BatchSampler``, ``seed_for``), so a resumed run reproduces the uninterrupted one exactly without
+carrying data-loader state; torch's global RNG states are saved and restored as well.
+
+Schedule: fixed by the run's total step count (``Schedule``), stored in every checkpoint, so a resume continues the
+same curve; a resume with another ``steps`` re-plans the rest explicitly (``Schedule.replan``).
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is initialised from torchrun's environment
 (nccl on CUDA, gloo on CPU), the model is wrapped in ``DistributedDataParallel``, each rank draws its own part of
@@ -18,13 +34,19 @@ the global batch, and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import base64
+import copy
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
+import re
+import secrets
+import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -33,33 +55,60 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from udvd_triton.degradation import pca_basis
+from udvd_triton.files import check_writable_folder, exists, write_json, write_text
 from udvd_triton.model import UDVD, multistage_l1_loss
 from udvd_triton.training.data import BatchSampler, CropDataset
 from udvd_triton.training.evaluate import evaluate
 from udvd_triton.training.synth import SIGMA_RANGES, SynthConfig, synthesize
+from udvd_triton.zoo import CheckpointError, find_tensors, read_tensors, save_checkpoint, save_tensors
 
-CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+POINTER = "checkpoint.json"
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+TENSORS = "tensors"
 LOG = "log.csv"
 FINAL = "final"
+FINETUNE = "finetune.json"
+STATE_FORMAT = "udvd-train-state"
+STATE_VERSION = 1
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s", "val_psnr", "val_ssim", "val_bicubic_psnr")
-# Settings a resumed run may change; everything else is kept from the checkpoint.
-RESUME_OVERRIDABLE = ("steps", "max_minutes", "device", "log_every", "val_every", "ckpt_every")
+# Settings a resume may change (with a printed note); every other one is fixed by the run.
+RESUME_CHANGEABLE = ("data", "steps", "max_minutes", "device", "log_every", "val_every", "ckpt_every", "compile")
 MODEL_DEFAULTS = {"scale": 2, "channels": 128, "blocks": 15, "variant": "UDD"}
+_CHECKPOINT_NAME = re.compile(r"^(step-\d{8}|\.step-\d{8}\.tmp-[0-9a-f]{8})$")
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite: the run was stopped without saving anything after its last checkpoint."""
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a ``TrainConfig`` field, for messages."""
+    return {"finetune_from": "--from", "amp": "--no-amp", "quantize": "--no-quantize", "augment": "--no-augment"}.get(
+        field, "--" + field.replace("_", "-")
+    )
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run depends on. ``patch`` is the LR patch side (the HR crop is ``scale * patch``).
+    """Everything a run depends on. Defaults are the paper model's recipe (README, "Training defaults").
 
-    scale / channels / blocks / variant: None takes the source model's value when fine-tuning, else
-    ``MODEL_DEFAULTS``. lr_milestones: fractions of ``steps`` where the learning rate is multiplied by
-    ``lr_gamma``. ema: decay of the weight EMA (0: off). grad_clip: max global gradient norm (0: off).
-    loss_weights: per-stage weights of the multi-stage L1 (None: all 1). val_sigma: None = middle of the scale's
-    training blur range. amp: bf16 autocast on CUDA (ignored elsewhere).
+    data / out: prepared data folder and run folder. scale / channels / blocks / variant: None takes the source
+    model's value when fine-tuning, else ``MODEL_DEFAULTS``. steps: total optimiser steps (fixes the schedule).
+    batch: crops per step and process. patch: LR patch side in pixels (the HR crop is ``scale * patch``).
+    lr / lr_min: peak and final learning rate of the cosine schedule; warmup: its linear warm-up, a fraction of
+    ``steps``. grad_clip: max global gradient norm (0: off). ema: decay of the weight EMA (0: off).
+    loss_weights: per-stage weights of the multi-stage L1 (None: all 1). anisotropic / clean_fraction: fractions of
+    samples with an anisotropic kernel / without noise. noise_max: highest AWGN sigma (0..255). quantize / augment:
+    8-bit LR, random flips and rotations. device: "auto" = cuda if available. amp: bf16 autocast on CUDA.
+    compile: ``torch.compile`` the model. val_every / ckpt_every / log_every: steps between validations /
+    checkpoints / log rows (and host checks of loss and time budget); 0 = never (log_every must be >= 1).
+    val_sigma: None = middle of the scale's training blur range (HR px); val_noise: 0..255. max_minutes: stop
+    cleanly (checkpoint + final/) after this wall time. finetune_from: source model (registry name, folder, file).
     """
 
     data: str
@@ -67,56 +116,146 @@ class TrainConfig:
     scale: int | None = None
     steps: int = 100_000
     batch: int = 16
-    patch: int = 48
+    patch: int = 64
     channels: int | None = None
     blocks: int | None = None
     variant: str | None = None
     lr: float = 2e-4
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = 0.5
+    lr_min: float = 1e-6
+    warmup: float = 0.01
     grad_clip: float = 1.0
-    ema: float = 0.0
+    ema: float = 0.999
     loss_weights: tuple[float, ...] | None = None
     anisotropic: float = 0.0
-    clean_fraction: float = 0.0
+    clean_fraction: float = 0.2
     noise_max: float = 75.0
     quantize: bool = True
     augment: bool = True
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    val_every: int = 1000
+    compile: bool = False
+    val_every: int = 5000
     val_sigma: float | None = None
     val_noise: float = 15.0
-    ckpt_every: int = 1000
-    log_every: int = 50
+    ckpt_every: int = 5000
+    log_every: int = 100
     max_minutes: float | None = None
     finetune_from: str | None = None
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad setting."""
-        positive = {"steps": self.steps, "batch": self.batch, "patch": self.patch, "lr": self.lr}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("val_every", "ckpt_every", "log_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be a decay in [0, 1), got {self.ema}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
-        if any(not 0 < f <= 1 for f in self.lr_milestones):
-            raise ValueError(f"lr_milestones are fractions of the steps in (0, 1], got {self.lr_milestones}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        """Raise ValueError naming the first bad setting (NaN and infinity included)."""
+
+        def number(name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                raise ValueError(f"{flag(name)} must be a finite number in {interval}, got {value}")
+
+        for name in ("steps", "batch", "patch", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be a positive integer, got {getattr(self, name)}")
+        for name in ("val_every", "ckpt_every", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be an integer >= 0, got {getattr(self, name)}")
+        for name in ("channels", "blocks"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (1 if name == "channels" else 0)):
+                raise ValueError(f"{flag(name)} must be an integer >= {1 if name == 'channels' else 0}, got {value}")
+        number("lr", 0, low_open=True)
+        number("lr_min", 0, self.lr, high_open=True)
+        number("warmup", 0, 1, high_open=True)
+        number("grad_clip", 0)
+        number("ema", 0, 1, high_open=True)
+        number("anisotropic", 0, 1)
+        number("clean_fraction", 0, 1)
+        number("noise_max", 0, 255)
+        number("val_noise", 0, 255)
+        if self.val_sigma is not None:
+            number("val_sigma", 0, low_open=True)
+        if self.max_minutes is not None:
+            number("max_minutes", 0, low_open=True)
+        if self.loss_weights is not None:
+            w = self.loss_weights
+            if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in w) or not any(w):
+                raise ValueError(f"--loss-weights must be finite, >= 0 and not all 0, got {' '.join(map(str, w))}")
+
+
+class Schedule:
+    """The learning rate of every step: cosine from ``lr`` to ``lr_min`` over the planned steps, with a linear
+    warm-up; a JSON-able plan stored in each checkpoint.
+
+    ``plans`` is a list of {"at", "steps", "ramp", "from_lr"}: from step ``at`` on, the LR follows the cosine of a run
+    planned for ``steps`` steps, ``cos_N(t) = lr_min + (lr - lr_min) (1 + cos(pi t / N)) / 2``, joined to ``from_lr``
+    by a linear ramp over its first ``ramp`` steps. The first plan ramps from 0 over the warm-up; a re-plan
+    (``replan``: a resume with another step count) ramps from the LR the run was at.
+    """
+
+    def __init__(self, lr: float, lr_min: float, warmup: float, plans: list[dict[str, Any]]) -> None:
+        self.lr, self.lr_min, self.warmup, self.plans = lr, lr_min, warmup, plans
+
+    @classmethod
+    def plan(cls, lr: float, lr_min: float, warmup: float, steps: int) -> Schedule:
+        return cls(lr, lr_min, warmup, [{"at": 0, "steps": steps, "ramp": round(warmup * steps), "from_lr": 0.0}])
+
+    @property
+    def steps(self) -> int:
+        """The step count the run is planned for now."""
+        return int(self.plans[-1]["steps"])
+
+    def cosine(self, step: int, total: int) -> float:
+        return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update of step ``step`` (0-based)."""
+        plan = next(p for p in reversed(self.plans) if p["at"] <= step)
+        target = self.cosine(step, plan["steps"])
+        into = step - plan["at"]
+        if into < plan["ramp"]:
+            return plan["from_lr"] + (target - plan["from_lr"]) * (into + 1) / plan["ramp"]
+        return target
+
+    def replan(self, step: int, steps: int) -> str:
+        """Re-plan the run, now at ``step``, for ``steps`` steps in all; returns the note to print.
+
+        From the LR of the last step done the LR ramps linearly, over the warm-up length of a ``steps``-step run,
+        onto the cosine a run planned for ``steps`` from the start would follow, and then follows that cosine.
+        """
+        if steps <= step:
+            raise ValueError(f"--steps {steps}: the run is already at step {step}; give a larger step count")
+        old = self.steps
+        from_lr = self.lr_at(step - 1) if step > 0 else 0.0
+        ramp = min(round(self.warmup * steps), steps - step)
+        self.plans.append({"at": step, "steps": steps, "ramp": ramp, "from_lr": from_lr})
+        if ramp:
+            move = f"ramps over {ramp} steps from {from_lr:.3g} to {self.lr_at(step + ramp - 1):.3g} (step {step + ramp})"
+        else:
+            move = f"moves from {from_lr:.3g} to {self.lr_at(step):.3g}"
+        return (
+            f"note: --steps {steps} re-plans the schedule of this run (planned for {old} steps, now at step {step}): "
+            f"the LR {move}, then follows the cosine of a {steps}-step run down to {self.lr_min:g} at step {steps}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "cosine", "lr": self.lr, "lr_min": self.lr_min, "warmup": self.warmup, "plans": self.plans}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Schedule:
+        if data.get("kind") != "cosine":
+            raise ValueError(f"unknown schedule kind {data.get('kind')!r}")
+        return cls(float(data["lr"]), float(data["lr_min"]), float(data["warmup"]), list(data["plans"]))
+
+
+def seed_for(seed: int, step: int, rank: int, stream: int) -> int:
+    """The seed of random stream ``stream`` (1: crops, 2: degradations) of ``step`` on ``rank``."""
+    return int(np.random.default_rng([seed, step, rank, stream]).integers(2**62))
 
 
 def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of the degradations of ``step`` on ``rank``: seeded from (seed, step, rank), on ``device``."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(np.random.default_rng([seed, step, rank, 2]).integers(2**62)))
-    return gen
+    """A generator on ``device`` for the degradations of ``step`` on ``rank`` (seeded with ``seed_for``)."""
+    return torch.Generator(device=device).manual_seed(seed_for(seed, step, rank, 2))
 
 
 def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
@@ -130,21 +269,16 @@ def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) ->
     return sorted(matched), sorted(k for k in own if k not in matched)
 
 
-def _ema_avg_fn(decay: float) -> Any:
-    """EMA update with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that the average does
-    not keep the random initial weights for thousands of steps in short runs."""
-
-    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = torch.clamp((1 + n) / (10 + n), max=decay).to(averaged.dtype)
-        return averaged + (current - averaged) * (1 - d)
-
-    return avg
+def ema_decay(decay: float, updates: int) -> float:
+    """EMA decay after ``updates`` earlier updates: min(decay, (1 + n) / (10 + n)), so that short runs do not keep
+    averaging in the random initial weights."""
+    return min(decay, (1 + updates) / (10 + updates))
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def data_fingerprint(dataset: CropDataset) -> str:
+    """sha256 over the shards' checksums: the same crops give the same fingerprint wherever the folder lies."""
+    shards = [s["sha256"] for s in dataset.manifest["shards"]]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -155,7 +289,10 @@ def _dist_env() -> tuple[int, int, int]:
 def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"invalid --device {name!r} (e.g. cpu, cuda, cuda:1)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
@@ -164,31 +301,84 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
     return device
 
 
-def _build_model(cfg: TrainConfig, resume: bool, log: Any) -> tuple[UDVD, dict[str, Any] | None]:
-    """A fresh model for ``cfg`` (config fields resolved in place); when fine-tuning (and not resuming) filled with
-    the source model's matching tensors. Returns the model and the fine-tune report."""
-    source = UDVD.from_pretrained(cfg.finetune_from) if cfg.finetune_from else None
-    src_cfg = source.config if source is not None else {}
-    for field, key in (("scale", "scale"), ("channels", "n_feats"), ("blocks", "n_blocks"), ("variant", "variant")):
-        if getattr(cfg, field) is None:
-            setattr(cfg, field, src_cfg.get(key, MODEL_DEFAULTS[field]))
-    kwargs = {k: v for k, v in src_cfg.items() if k not in ("scale", "n_feats", "n_blocks", "variant")}
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
-        torch.manual_seed(cfg.seed)
-        model = UDVD(scale=cfg.scale, n_feats=cfg.channels, n_blocks=cfg.blocks, variant=cfg.variant, **kwargs)
-    report = None
-    if source is not None and not resume:
-        loaded, reinit = transfer_weights(model, source.state_dict())
-        report = {"source": cfg.finetune_from, "source_config": src_cfg, "loaded": loaded, "reinitialised": reinit}
-        log(f"finetune: loaded {len(loaded)} of {len(loaded) + len(reinit)} tensors from {cfg.finetune_from}")
-        if reinit:
-            log(f"finetune: re-initialised (shape or name differs): {', '.join(reinit)}")
-    # The synthesis encodes kernels with degradation.pca_basis(); a model trained with another basis would be fed
-    # codes it cannot read.
-    basis = torch.tensor(pca_basis()[: model.code_len], dtype=model.kernel_basis.dtype)
-    if not torch.allclose(model.kernel_basis, basis, atol=1e-6):
-        raise ValueError("the model's kernel_basis differs from degradation.pca_basis(): training it is not supported")
-    return model, report
+def _rng_state(device: torch.device) -> dict[str, str | None]:
+    def b64(t: torch.Tensor) -> str:
+        return base64.b64encode(t.numpy().tobytes()).decode()
+
+    return {"torch": b64(torch.get_rng_state()), "cuda": b64(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict[str, str | None], device: torch.device) -> None:
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))  # type: ignore[arg-type]
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state(tensor(state["cuda"]), device)  # type: ignore[arg-type]
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"cannot resume: {what} {path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot resume: {what} {path} is empty, truncated or not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"cannot resume: {what} {path} is not a JSON object")
+    return data
+
+
+def load_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The latest checkpoint of a run folder: (state.json contents, tensors on the CPU). Pickle-free.
+
+    Raises FileNotFoundError when there is none, ``CheckpointError`` (a ValueError) when it is unreadable,
+    truncated or of another format.
+    """
+    run_dir = Path(run_dir)
+    pointer = run_dir / POINTER
+    if not pointer.is_file():
+        if (run_dir / "checkpoint.pt").exists():
+            raise CheckpointError(
+                f"cannot resume {run_dir}: it holds a checkpoint.pt of an older udvd-triton (pickle, which is never "
+                "loaded: it can run code); start a new run"
+            )
+        hint = " (the run stopped before its first checkpoint)" if (run_dir / CONFIG).is_file() else ""
+        raise FileNotFoundError(f"nothing to resume: {run_dir} has no {POINTER}{hint}")
+    where = _read_json(pointer, "checkpoint pointer")
+    name = where.get("checkpoint")
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.match(Path(name).name) or Path(name).parent != Path(CHECKPOINTS):
+        raise CheckpointError(f"cannot resume: {pointer} does not name a checkpoint folder ({name!r})")
+    folder = run_dir / name
+    state = _read_json(folder / STATE, "checkpoint state")
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"cannot resume: {folder / STATE} is not a {STATE_FORMAT} version {STATE_VERSION} file")
+    weights = find_tensors(folder, TENSORS)
+    if weights is None:
+        raise CheckpointError(f"cannot resume: no {TENSORS}.safetensors (or its index) in {folder}")
+    tensors, _ = read_tensors(weights)
+    return state, tensors
+
+
+def _check_new_run_folder(run_dir: Path, source: str | None) -> None:
+    """A new run writes only into a new or empty folder, never into (or under) the model it fine-tunes."""
+    if source is not None and Path(source).expanduser().exists():
+        src = Path(source).expanduser().resolve()
+        src_dir = src if src.is_dir() else src.parent
+        out = run_dir.expanduser().resolve()
+        if out == src_dir or src_dir in out.parents:
+            raise ValueError(
+                f"--out {run_dir} is the source model's folder {src_dir} or inside it: the run would write over "
+                "the model it fine-tunes; choose another --out"
+            )
+    if exists(run_dir):
+        if not run_dir.is_dir():
+            raise NotADirectoryError(f"--out {run_dir} exists and is not a folder")
+        if (run_dir / POINTER).exists() or (run_dir / CONFIG).exists():
+            raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume or choose another --out")
+        if any(run_dir.iterdir()):
+            raise FileExistsError(f"--out {run_dir} is not empty: a new run needs a new or empty folder")
+    check_writable_folder(run_dir)
 
 
 class _CsvLog:
@@ -198,12 +388,14 @@ class _CsvLog:
         rows = []
         if resume_step is not None and path.is_file():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = open(path, "w", newline="")
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, text.getvalue())  # atomically; new rows are appended
+        self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, LOG_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
 
     def write(self, row: dict[str, Any]) -> None:
         self.writer.writerow(row)
@@ -221,208 +413,410 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path | None:
-    """Train (or fine-tune, ``config.finetune_from``) a UDVD; see the module docstring for the run folder.
-
-    ``resume``: continue from ``out/checkpoint.pt`` with the checkpoint's settings (except ``RESUME_OVERRIDABLE``).
-    Returns the ``final`` folder on rank 0 (written when the run reaches ``steps`` or stops at ``max_minutes``),
-    None on other ranks. Raises ValueError / FileNotFoundError / FileExistsError for bad settings or folders.
+class Run:
+    """One training run, built and ready to step: ``train_step`` (no host sync) and ``fit`` (the loop with logging,
+    validation, checkpoints and the final export). ``new`` / ``resumed`` build it; nothing is written until ``fit``.
     """
-    config.check()
-    run_dir = Path(config.out)
-    ckpt_path = run_dir / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {ckpt_path} does not exist")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig(**state["config"])
-        for name in RESUME_OVERRIDABLE:
-            setattr(saved, name, getattr(config, name))
-        config = saved
-    elif ckpt_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run ({CHECKPOINT}): use --resume or another --out")
-    cfg = config
 
-    rank, local_rank, world = _dist_env()
-    own_group = world > 1 and not dist.is_initialized()
-    device = _resolve_device(cfg.device, local_rank, world)
-    if own_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    is_main = rank == 0
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        schedule: Schedule,
+        state: dict[str, Any] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.schedule, self.progress = cfg, schedule, progress
+        self.run_dir = Path(cfg.out)
+        self.rank, local_rank, self.world = _dist_env()
+        self.device = _resolve_device(cfg.device, local_rank, self.world)
+        self.own_group = self.world > 1 and not dist.is_initialized()
+        if self.own_group:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        cuda = self.device.type == "cuda"
 
-    def log(msg: str) -> None:
-        if is_main:
-            tqdm.write(msg)
-
-    try:
-        dataset = CropDataset(cfg.data)
-        model, finetune_report = _build_model(cfg, resume, log)
-        sampler = BatchSampler(dataset, cfg.batch, cfg.scale * cfg.patch, cfg.seed, rank, world)
-        synth = SynthConfig(
-            cfg.scale,
+        self.dataset = CropDataset(cfg.data)
+        self.data_id = data_fingerprint(self.dataset)
+        if state is not None and state["data"] != self.data_id:
+            raise ValueError(
+                f"--data {cfg.data} holds other crops than this run was trained on (the shards' checksums differ); "
+                "a resumed run keeps its data"
+            )
+        self.model, self.finetune_report = self._build_model(state)
+        self.sampler = BatchSampler(
+            self.dataset, cfg.batch, cfg.scale * cfg.patch, cfg.seed, self.rank, self.world, self.device  # type: ignore[operator]
+        )
+        self.synth = SynthConfig(
+            cfg.scale,  # type: ignore[arg-type]
             anisotropic=cfg.anisotropic,
             clean_fraction=cfg.clean_fraction,
             noise_range=(0.0, cfg.noise_max),
             quantize=cfg.quantize,
             augment=cfg.augment,
         )
-        val_images = dataset.val_images() if is_main and cfg.val_every else []
-        val_sigma = cfg.val_sigma if cfg.val_sigma is not None else round(sum(SIGMA_RANGES[cfg.scale]) / 2, 3)
-        n_stages = 1 + len(model.refine)
-        weights = list(cfg.loss_weights) if cfg.loss_weights is not None else [1.0] * n_stages
-        if len(weights) != n_stages:
-            raise ValueError(f"got {len(weights)} loss weights for the {n_stages} stage outputs of variant {cfg.variant}")
-
-        cuda = device.type == "cuda"
-        memory_format = torch.channels_last if cuda else torch.contiguous_format
-        model.to(device=device, memory_format=memory_format)
-        net: torch.nn.Module = DistributedDataParallel(model, device_ids=[device] if cuda else None) if world > 1 else model
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        milestones = sorted({max(1, round(f * cfg.steps)) for f in cfg.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
-        ema = AveragedModel(model, avg_fn=_ema_avg_fn(cfg.ema)) if cfg.ema > 0 else None
-        step, elapsed_before = 0, 0.0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if cuda and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-            step, elapsed_before = state["step"], state["elapsed_s"]
-            log(f"resumed {run_dir} at step {step}")
-
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            if finetune_report is not None:
-                (run_dir / "finetune.json").write_text(json.dumps(finetune_report, indent=1))
-        csv_log = _CsvLog(run_dir / LOG, step if state is not None else None) if is_main else None
-        board = _tensorboard(run_dir) if is_main else None
-
-        def save_checkpoint() -> None:
-            if not is_main:
-                return
-            _atomic_torch_save(
-                {
-                    "step": step,
-                    "config": dataclasses.asdict(cfg),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
-                    "elapsed_s": elapsed_before + time.monotonic() - t_start,
-                    "log": {"loss_sum": loss_sum.item(), "since": step_log},  # the CSV row in progress
-                },
-                ckpt_path,
+        n_stages = 1 + len(self.model.refine)
+        self.weights = list(cfg.loss_weights) if cfg.loss_weights is not None else [1.0] * n_stages
+        if len(self.weights) != n_stages:
+            raise ValueError(
+                f"got {len(self.weights)} loss weights for the {n_stages} stage outputs of variant {cfg.variant}"
             )
+        # channels_last and bf16 autocast are what tensor cores want; the CPU kernels prefer plain NCHW float32.
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.model.to(device=self.device, memory_format=self.memory_format)
+        self.params = list(self.model.parameters())
+        net: torch.nn.Module = self.model
+        if self.world > 1:
+            net = DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
+        self.net = torch.compile(net) if cfg.compile else net
+        # fused: one kernel for all parameters, and its step counters stay on the device (no host round trip).
+        self.optimizer = torch.optim.Adam(self.params, lr=schedule.lr_at(0), fused=True)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema > 0 else None
+        self.ema_params = list(self.ema_model.parameters()) if self.ema_model is not None else []
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
+        self.generator = torch.Generator(device=self.device)
 
-        def validate() -> dict[str, float]:
-            target = ema.module if ema is not None else model
-            row = evaluate(target, val_images, [val_sigma], [cfg.val_noise], seed=cfg.seed)[0]
-            return {"val_psnr": row["psnr"], "val_ssim": row["ssim"], "val_bicubic_psnr": row["bicubic_psnr"]}
-
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
-        t_start = time.monotonic()
-        t_log, step_log, step_timed = t_start, step, step
-        loss_sum = torch.zeros((), device=device)
+        self.step, self.elapsed_before, self.log_since = 0, 0.0, 0
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.non_finite = torch.zeros((), dtype=torch.bool, device=self.device)
         if state is not None:
-            loss_sum.fill_(state["log"]["loss_sum"])
-            step_log = state["log"]["since"]
+            assert tensors is not None
+            self._restore(state, tensors)
+
+    @classmethod
+    def new(cls, config: TrainConfig, progress: bool = True) -> Run:
+        """A fresh run of ``config`` (which is checked)."""
+        config.check()
+        _check_new_run_folder(Path(config.out), config.finetune_from)
+        schedule = Schedule.plan(config.lr, config.lr_min, config.warmup, config.steps)
+        return cls(config, schedule, progress=progress)
+
+    @classmethod
+    def resumed(cls, run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = None, progress: bool = True) -> Run:
+        """The run in ``run_dir`` at its latest checkpoint, with every setting it was started with.
+
+        ``changes``: settings given again on resume (field -> value). Equal ones are ignored; ``RESUME_CHANGEABLE``
+        ones are applied with a printed note (``steps`` re-plans the schedule); any other difference is a
+        ValueError naming them.
+        """
+        state, tensors = load_checkpoint(run_dir)
+        try:
+            cfg = TrainConfig(**state["settings"])
+            cfg.loss_weights = tuple(cfg.loss_weights) if cfg.loss_weights is not None else None
+            schedule = Schedule.from_json(state["schedule"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume {run_dir}: its {STATE} has unusable settings ({e})") from None
+        cfg.out = str(run_dir)
+        notes, refused = [], []
+        for name, value in (changes or {}).items():
+            if name == "out":
+                continue
+            if name not in {f.name for f in dataclasses.fields(TrainConfig)}:
+                raise ValueError(f"unknown setting {name!r}")
+            old = getattr(cfg, name)
+            value = tuple(value) if name == "loss_weights" and value is not None else value
+            if value == old:
+                continue
+            if name not in RESUME_CHANGEABLE:
+                refused.append(f"{flag(name)} ({old} -> {value})")
+            elif name == "steps":
+                notes.append(schedule.replan(state["step"], value))
+                cfg.steps = value
+            else:
+                notes.append(f"note: {flag(name)} {value} replaces the run's {old}")
+                setattr(cfg, name, value)
+        if refused:
+            raise ValueError(
+                f"a resumed run keeps its settings; these differ from the run's: {', '.join(refused)} "
+                "(start a new run, or fine-tune from its final/ with `udvd finetune --from`)"
+            )
+        cfg.check()
+        if cfg.steps != schedule.steps:  # settings and plan disagree only if the state was edited by hand
+            raise CheckpointError(f"cannot resume {run_dir}: its settings and schedule disagree on the step count")
+        for note in notes:
+            tqdm.write(note)
+        run = cls(cfg, schedule, state, tensors, progress)
+        run.settings_changed = bool(notes)
+        return run
+
+    settings_changed = True  # config.json is written for a new run and when a resume changed a setting
+
+    def _build_model(self, state: dict[str, Any] | None) -> tuple[UDVD, dict[str, Any] | None]:
+        """The model: on resume from the stored model config; new, from the settings (config fields resolved in
+        place), filled with the source model's matching tensors when fine-tuning."""
+        cfg = self.cfg
+        if state is not None:
+            return UDVD(**state["model_config"]), None
+        source = UDVD.from_pretrained(cfg.finetune_from) if cfg.finetune_from else None
+        src_cfg = source.config if source is not None else {}
+        for field, key in (("scale", "scale"), ("channels", "n_feats"), ("blocks", "n_blocks"), ("variant", "variant")):
+            if getattr(cfg, field) is None:
+                setattr(cfg, field, src_cfg.get(key, MODEL_DEFAULTS[field]))
+        kwargs = {k: v for k, v in src_cfg.items() if k not in ("scale", "n_feats", "n_blocks", "variant")}
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+            torch.manual_seed(cfg.seed)
+            model = UDVD(scale=cfg.scale, n_feats=cfg.channels, n_blocks=cfg.blocks, variant=cfg.variant, **kwargs)  # type: ignore[arg-type]
+        report = None
+        if source is not None:
+            loaded, reinit = transfer_weights(model, source.state_dict())
+            report = {"source": cfg.finetune_from, "source_config": src_cfg, "loaded": loaded, "reinitialised": reinit}
+            self.log(f"finetune: loaded {len(loaded)} of {len(loaded) + len(reinit)} tensors from {cfg.finetune_from}")
+            if reinit:
+                self.log(f"finetune: re-initialised (shape or name differs): {', '.join(reinit)}")
+        # The synthesis encodes kernels with degradation.pca_basis(); a model trained with another basis would be
+        # fed codes it cannot read.
+        basis = torch.tensor(pca_basis()[: model.code_len], dtype=model.kernel_basis.dtype)
+        if not torch.allclose(model.kernel_basis, basis, atol=1e-6):
+            raise ValueError("the model's kernel_basis differs from degradation.pca_basis(): training it is not supported")
+        return model, report
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _param_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters()]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for name, p in zip(self._param_names(), self.ema_params):
+            out[f"ema.{name}"] = p
+        for name, p in zip(self._param_names(), self.params):
+            for key, value in self.optimizer.state.get(p, {}).items():
+                out[f"optimizer.{name}.{key}"] = value
+        return out
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            names = self._param_names()
+            if self.ema_model is not None:
+                ema = {f"ema.{n}" for n in names}
+                if not ema <= tensors.keys():
+                    raise KeyError("EMA tensors missing")
+                with torch.no_grad():
+                    for n, p in zip(names, self.ema_params):
+                        p.copy_(tensors[f"ema.{n}"])
+            opt_state = {}
+            for i, n in enumerate(names):
+                keys = {k[len(f"optimizer.{n}.") :]: v for k, v in tensors.items() if k.startswith(f"optimizer.{n}.")}
+                if keys:
+                    opt_state[i] = keys
+            full = self.optimizer.state_dict()
+            self.optimizer.load_state_dict({"state": opt_state, "param_groups": full["param_groups"]})
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume {self.run_dir}: its tensors do not fit the run ({e})") from None
+        _set_rng_state(state["rng"], self.device)
+        self.step, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
+        self.loss_sum.fill_(state["log"]["loss_sum"])
+        self.log_since = int(state["log"]["since"])
+        self.log(f"resumed {self.run_dir} at step {self.step} of {self.cfg.steps}")
+
+    def _save_checkpoint(self, elapsed: float) -> None:
+        """Write ``checkpoints/step-N`` (temporary folder, renamed), point ``checkpoint.json`` at it, then remove
+        the previous checkpoint folders (ours by name)."""
+        folder = self.run_dir / CHECKPOINTS
+        name = f"step-{self.step:08d}"
+        tmp = folder / f".{name}.tmp-{secrets.token_hex(4)}"
+        state = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.step,
+            "settings": dataclasses.asdict(self.cfg),
+            "schedule": self.schedule.to_json(),
+            "model_config": self.model.config,
+            "data": self.data_id,
+            "elapsed_s": elapsed,
+            "log": {"loss_sum": float(self.loss_sum), "since": self.log_since},  # the CSV row in progress
+            "rng": _rng_state(self.device),
+        }
+        save_tensors(self._tensors(), tmp, TENSORS, metadata={"format": STATE_FORMAT})
+        write_json(tmp / STATE, state)
+        target = folder / name
+        if exists(target):  # a checkpoint of this step from an interrupted earlier attempt
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        write_json(self.run_dir / POINTER, {"checkpoint": f"{CHECKPOINTS}/{name}", "step": self.step})
+        for old in folder.iterdir():
+            if old.name != name and _CHECKPOINT_NAME.match(old.name):
+                shutil.rmtree(old)
+
+    def _export_final(self) -> Path:
+        """``final/``: the EMA (or raw) weights as float32 on the CPU, written beside and swapped in."""
+        trained = self.ema_model if self.ema_model is not None else self.model
+        state = {k: v.detach().float().cpu() for k, v in trained.state_dict().items()}
+        bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+        if bad:
+            raise NonFiniteLossError(f"not writing {FINAL}/: NaN or infinite weights in {', '.join(bad)}")
+        export = UDVD(**trained.config)
+        export.load_state_dict(state)  # a fresh module: contiguous tensors whatever the training memory format
+        final = self.run_dir / FINAL
+        token = secrets.token_hex(4)
+        tmp, old = self.run_dir / f".{FINAL}.tmp-{token}", self.run_dir / f".{FINAL}.old-{token}"
+        save_checkpoint(export, tmp)
+        if exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if exists(old):
+            shutil.rmtree(old)
+        return final
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def train_step(self) -> None:
+        """One optimiser step on the batch of ``self.step``; queues device work only, never waits for it."""
+        cfg = self.cfg
+        crops = self.sampler.batch_at(self.step)
+        self.generator.manual_seed(seed_for(cfg.seed, self.step, self.rank, 2))
+        batch = synthesize(crops, self.synth, self.generator)
+        lr_img, code, noise, hr = (t.contiguous(memory_format=self.memory_format) for t in batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(self.step)
+        with self.autocast:
+            outputs = self.net(lr_img, code, noise)
+        loss = multistage_l1_loss(outputs, hr, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema_model is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema_params, self.params, 1.0 - ema_decay(cfg.ema, self.step))
+        loss = loss.detach()
+        self.loss_sum += loss
+        self.non_finite |= ~torch.isfinite(loss)
+        self.step += 1
+
+    def _validate(self, images: list[tuple[str, np.ndarray]]) -> dict[str, float]:
+        cfg = self.cfg
+        sigma = cfg.val_sigma if cfg.val_sigma is not None else round(sum(SIGMA_RANGES[cfg.scale]) / 2, 3)  # type: ignore[index]
+        target = self.ema_model if self.ema_model is not None else self.model
+        row = evaluate(target, images, [sigma], [cfg.val_noise], seed=cfg.seed)[0]
+        return {"val_psnr": row["psnr"], "val_ssim": row["ssim"], "val_bicubic_psnr": row["bicubic_psnr"]}
+
+    def fit(self) -> Path | None:
+        """Train to ``cfg.steps`` (or until ``max_minutes``); returns ``final/`` on rank 0, None on other ranks.
+
+        Raises NonFiniteLossError when the loss turns NaN/inf (nothing is written after the last checkpoint).
+        """
+        cfg, run_dir = self.cfg, self.run_dir
+        bench = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest algorithms once
+        try:
+            resuming = self.step > 0 or (run_dir / POINTER).exists()
+            if self.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if self.settings_changed:
+                    write_json(run_dir / CONFIG, dataclasses.asdict(cfg))
+                if self.finetune_report is not None:
+                    write_json(run_dir / FINETUNE, self.finetune_report)
+            if self.step >= cfg.steps:
+                self.log(f"{run_dir} is complete (step {self.step} of {cfg.steps}); give a larger --steps to extend it")
+                return run_dir / FINAL if self.is_main else None
+            return self._loop(resuming)
+        finally:
+            torch.backends.cudnn.benchmark = bench
+            if self.own_group:
+                dist.barrier()
+                dist.destroy_process_group()
+
+    def _loop(self, resuming: bool) -> Path | None:
+        cfg, run_dir = self.cfg, self.run_dir
+        csv_log = _CsvLog(run_dir / LOG, self.step if resuming else None) if self.is_main else None
+        board = _tensorboard(run_dir) if self.is_main else None
+        val_images = self.dataset.val_images() if self.is_main and cfg.val_every else []
+        t_start = time.monotonic()
+        t_log, step_timed, checked = t_start, self.step, self.step
         stopped_early = False
         postfix: dict[str, str] = {}
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=not (is_main and progress))
-        model.train()
-        with ThreadPoolExecutor(1) as pool:  # gathers the next batch's crops while this step runs
-            pending = pool.submit(sampler.batch_at, step)
-            while step < cfg.steps:
-                crops = torch.from_numpy(pending.result())
-                pending = pool.submit(sampler.batch_at, step + 1)
-                if cuda:
-                    crops = crops.pin_memory().to(device, non_blocking=True)
-                batch = synthesize(crops, synth, step_generator(device, cfg.seed, step, rank))
-                lr_img, code, noise, hr = (t.contiguous(memory_format=memory_format) for t in batch)
-                with autocast:
-                    outputs = net(lr_img, code, noise)
-                loss = multistage_l1_loss(outputs, hr, weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach()
-                step += 1
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", disable=not (self.is_main and self.progress))
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                self.train_step()
                 bar.update()
-
+                step = self.step
+                end = step == cfg.steps
+                log_due = step % cfg.log_every == 0 or end
+                val_due = bool(val_images) and (step % cfg.val_every == 0 or end)
+                ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
+                if not (log_due or val_due or ckpt_due):
+                    continue
+                # A host check point: the only place the loop waits for the device.
+                flags = torch.stack([self.non_finite.float(), torch.zeros((), device=self.device)])
+                if cfg.max_minutes is not None and self.is_main:
+                    flags[1] = float(time.monotonic() - t_start > 60 * cfg.max_minutes)
+                if self.world > 1:
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # any rank's NaN; rank 0's clock
+                non_finite, over_time = (bool(v) for v in flags.tolist())
+                if non_finite:
+                    last = json.loads((run_dir / POINTER).read_text())["step"] if (run_dir / POINTER).is_file() else None
+                    kept = f"the last checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+                    raise NonFiniteLossError(
+                        f"the loss became NaN or infinite between steps {checked} and {step}: training diverged and was "
+                        f"stopped; {kept}, no {FINAL}/ was written (try a lower --lr or --grad-clip)"
+                    )
+                checked = step
+                stopped_early = over_time and not end
                 row: dict[str, Any] = {}
-                if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
-                    if world > 1:
+                now = time.monotonic()
+                if log_due:
+                    loss_sum = self.loss_sum.clone()
+                    if self.world > 1:
                         dist.all_reduce(loss_sum)
-                        loss_sum /= world
-                    now = time.monotonic()
+                        loss_sum /= self.world
                     row = {
                         "step": step,
-                        "loss": loss_sum.item() / (step - step_log),
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "elapsed_s": round(elapsed_before + now - t_start, 3),
+                        "loss": loss_sum.item() / (step - self.log_since),
+                        "lr": self.schedule.lr_at(step - 1),
+                        "elapsed_s": round(self.elapsed_before + now - t_start, 3),
                         "steps_per_s": round((step - step_timed) / (now - t_log), 4),
                     }
                     postfix.update(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                    loss_sum.zero_()
-                    t_log, step_log, step_timed = now, step, step
-                if is_main and cfg.val_every and val_images and (step % cfg.val_every == 0 or step == cfg.steps):
-                    row.update(validate(), step=step)
+                    self.loss_sum.zero_()
+                    t_log, self.log_since, step_timed = now, step, step
+                if val_due:
+                    row.update(self._validate(val_images), step=step)
                     postfix["val_psnr"] = f"{row['val_psnr']:.2f}"
-                if row and is_main:
+                if row and csv_log is not None:
                     bar.set_postfix(postfix)
-                    csv_log.write(row)  # type: ignore[union-attr]
+                    csv_log.write(row)
                     if board is not None:
                         for key, value in row.items():
                             if key != "step":
                                 board.add_scalar(key, value, step)
-
-                if cfg.max_minutes is not None:
-                    over = torch.tensor(float(time.monotonic() - t_start > 60 * cfg.max_minutes), device=device)
-                    if world > 1:
-                        dist.broadcast(over, 0)  # rank 0's clock decides, so all ranks stop at the same step
-                    stopped_early = bool(over.item()) and step < cfg.steps
-                if stopped_early or step == cfg.steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-                    save_checkpoint()
+                if self.is_main and (ckpt_due or stopped_early or end):
+                    self._save_checkpoint(self.elapsed_before + time.monotonic() - t_start)
                 if stopped_early:
-                    log(f"stopped at step {step} of {cfg.steps} after --max-minutes {cfg.max_minutes}; continue with --resume")
+                    self.log(f"stopped at step {step} of {cfg.steps} after --max-minutes {cfg.max_minutes}; continue with --resume")
                     break
-            pending.cancel()
-        bar.close()
-        if csv_log is not None:
-            csv_log.close()
-        if board is not None:
-            board.close()
-        if not is_main:
+        finally:
+            bar.close()
+            if csv_log is not None:
+                csv_log.close()
+            if board is not None:
+                board.close()
+        if not self.is_main:
             return None
-        final = run_dir / FINAL
-        tmp = run_dir / (FINAL + ".tmp")
-        # Export from a fresh float32 CPU model: contiguous tensors whatever the training device and memory format.
-        trained = ema.module if ema is not None else model
-        export = UDVD(**trained.config)
-        export.load_state_dict({k: v.detach().float().cpu() for k, v in trained.state_dict().items()})
-        export.save_pretrained(tmp)
-        if final.exists():
-            for f in final.iterdir():
-                f.unlink()
-            final.rmdir()
-        os.replace(tmp, final)
-        log(f"saved {final} (step {step}{', EMA weights' if ema is not None else ''})")
+        final = self._export_final()
+        self.log(f"saved {final} (step {self.step}{', EMA weights' if self.ema_model is not None else ''})")
         return final
-    finally:
-        if own_group:
-            dist.barrier()
-            dist.destroy_process_group()
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path | None:
+    """Train (or fine-tune, ``config.finetune_from``) a UDVD in the new run folder ``config.out``; see the module
+    docstring. Returns ``final/`` on rank 0 (written when the run reaches ``steps`` or stops at ``max_minutes``),
+    None on other ranks. Raises ValueError / FileNotFoundError / FileExistsError for bad settings or folders,
+    NonFiniteLossError (a ValueError) when the loss diverges."""
+    return Run.new(config, progress).fit()
+
+
+def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = None, progress: bool = True) -> Path | None:
+    """Continue the run in ``run_dir`` from its latest checkpoint with its own settings; ``changes`` as in
+    ``Run.resumed`` (e.g. ``{"steps": 30000}`` extends it, re-planning the schedule). Returns as ``train``."""
+    return Run.resumed(run_dir, changes, progress).fit()
