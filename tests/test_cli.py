@@ -354,3 +354,27 @@ def test_every_upscale_flag_has_help_with_its_default() -> None:
     for action in parser._actions:
         if action.option_strings and action.dest not in ("help", "output"):
             assert action.help and "default" in action.help, action.dest
+
+
+def test_every_subcommand_and_flag_is_documented() -> None:
+    """Each sub-command has a description; each flag a help line, and a value flag names its default (or that it
+    is required)."""
+    import argparse
+
+    from udvd_triton.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    problems = []
+    for name, parser in subparsers.choices.items():
+        if not parser.description:
+            problems.append(f"{name}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            flag = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help:
+                problems.append(f"{flag}: no help")
+            elif action.option_strings and action.nargs != 0 and not action.required:
+                if not any(word in action.help.lower() for word in ("default", "required")):
+                    problems.append(f"{flag}: help does not give the default: {action.help!r}")
+    assert not problems, "\n".join(problems)
