@@ -39,18 +39,21 @@ def spread_model(seed: int = 0, **config) -> UDVD:
 
 
 def reference_sr(model: UDVD, rgb: np.ndarray, sigma: float, noise: float) -> np.ndarray:
-    """Model output (unclipped) for an HWC float RGB image, with the code from degradation.kernel_code, in float64."""
-    h, w, _ = rgb.shape
+    """Model output (unclipped) for an HWC float RGB image, with the code from degradation.kernel_code, in float64,
+    on the image replicate-padded by the receptive radius and cropped back (what ``upscale`` computes)."""
+    r, s = receptive_radius(model.config), model.scale
+    padded = np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge")
+    h, w, _ = padded.shape
     code = torch.as_tensor(kernel_code(isotropic_gaussian(15, sigma)), dtype=torch.float64)
     m = model.double()
     with torch.no_grad():
         out = m(
-            torch.from_numpy(rgb).double().permute(2, 0, 1)[None],
+            torch.from_numpy(padded).double().permute(2, 0, 1)[None],
             code.view(1, -1, 1, 1).expand(1, -1, h, w),
             torch.full((1, 1, h, w), noise / 255, dtype=torch.float64),
         )[-1]
     model.float()
-    return out[0].permute(1, 2, 0).numpy()
+    return out[0, :, s * r : -s * r, s * r : -s * r].permute(1, 2, 0).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -291,12 +294,14 @@ def test_kernel_argument_and_checkpoint_basis(tmp_path, model: UDVD, rgb: np.nda
     other.save_pretrained(tmp_path)
     loaded = UDVD.from_pretrained(tmp_path)
     code = q.T @ torch.from_numpy(k).flatten()
+    r = receptive_radius(loaded.config)
+    padded = torch.from_numpy(np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge")).permute(2, 0, 1)[None]
     with torch.no_grad():
         expected = loaded.double()(
-            torch.from_numpy(rgb).permute(2, 0, 1)[None],
-            code.view(1, 15, 1, 1).expand(1, 15, 23, 27),
-            torch.zeros(1, 1, 23, 27, dtype=torch.float64),
-        )[-1][0].permute(1, 2, 0).clamp(0, 1).numpy()
+            padded,
+            code.view(1, 15, 1, 1).expand(1, 15, *padded.shape[2:]),
+            torch.zeros(1, 1, *padded.shape[2:], dtype=torch.float64),
+        )[-1][0, :, 2 * r : -2 * r, 2 * r : -2 * r].permute(1, 2, 0).clamp(0, 1).numpy()
     np.testing.assert_allclose(loaded.upscale(rgb, blur_sigma=2.0), expected, atol=1e-9)
     assert np.abs(expected - by_sigma).max() > 1e-3
 

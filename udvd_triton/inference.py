@@ -15,8 +15,9 @@ context around it (its window), windows of one size are batched, and only each t
 converted to the output's dtype and written into the output, allocated once at its final size and dtype. The margin
 covers everything an output pixel depends on, so the result equals the untiled one up to float rounding. Peak
 memory: the input, the output, the maps the caller passes, and one batch of windows (``auto_tile_size``).
-Images smaller than the receptive field are replicate-padded by it (and cropped back): the model never saw images
-whose every pixel lies at a zero-padded border.
+Every image is replicate-padded by the receptive radius (and cropped back), so border pixels are computed like
+interior ones instead of from the network's zero padding (which left up to 14 levels of error in the corners of a
+flat image), and an image smaller than the receptive field is computed as the middle of a larger one.
 """
 
 from __future__ import annotations
@@ -516,41 +517,37 @@ class _Progress:
 @dataclass
 class _Plan:
     """How the LR image is cut: tiles of at most ``tile`` LR pixels a side, each run in a window with ``margin``
-    pixels of context, ``batch`` windows per forward pass. ``pad``: replicate padding (rows, cols) of tiny images."""
+    pixels of context, ``batch`` windows per forward pass. The canvas is the image replicate-padded by ``margin``."""
 
     tile: int
     batch: int
     margin: int
     min_tile: int
-    pad: tuple[int, int]
 
     def window_size(self, h: int, w: int) -> tuple[int, int]:
-        """(rows, cols) of every window for an h x w image: its largest tile plus the margins, within the canvas."""
-        (py, px), m = self.pad, self.margin
+        """(rows, cols) of every window for an h x w image: its largest tile plus the margins."""
         ys, xs = _splits(h, self.tile), _splits(w, self.tile)
         th, tw = max(b - a for a, b in zip(ys, ys[1:])), max(b - a for a, b in zip(xs, xs[1:]))
-        return min(h + 2 * py, th + 2 * m), min(w + 2 * px, tw + 2 * m)
+        return th + 2 * self.margin, tw + 2 * self.margin
 
     def windows(self, h: int, w: int) -> Iterator[tuple[int, int, int, int, int, int]]:
-        """(window y, window x, tile y0, tile y1, tile x0, tile x1) over the padded canvas: tiles split the image
-        evenly; every window has the same size, shifted inwards at the borders (so windows batch), and holds
-        ``margin`` pixels around its tile or reaches the canvas edge."""
-        (py, px), m = self.pad, self.margin
+        """(window y, window x, tile y0, tile y1, tile x0, tile x1), windows in canvas coordinates: tiles split the
+        image evenly; every window has the same size (so windows batch), holds at least ``margin`` pixels around its
+        tile and is shifted inwards where the last tile is the smaller one."""
+        m = self.margin
         wh, ww = self.window_size(h, w)
         ys, xs = _splits(h, self.tile), _splits(w, self.tile)
         for y0, y1 in zip(ys, ys[1:]):
             for x0, x1 in zip(xs, xs[1:]):
-                wy = min(max(y0 + py - m, 0), h + 2 * py - wh)
-                wx = min(max(x0 + px - m, 0), w + 2 * px - ww)
-                yield wy, wx, y0, y1, x0, x1
+                yield min(y0, h + 2 * m - wh), min(x0, w + 2 * m - ww), y0, y1, x0, x1
 
     def smaller(self) -> _Plan | None:
         """The plan to retry with after running out of memory: half the batch, else half the tile; None at the
         smallest tile."""
         if self.batch > 1:
-            return _Plan(self.tile, self.batch // 2, self.margin, self.min_tile, self.pad)
+            return _Plan(self.tile, self.batch // 2, self.margin, self.min_tile)
         if self.tile > self.min_tile:
-            return _Plan(max(self.tile // 2, self.min_tile), 1, self.margin, self.min_tile, self.pad)
+            return _Plan(max(self.tile // 2, self.min_tile), 1, self.margin, self.min_tile)
         return None
 
 
@@ -563,8 +560,7 @@ def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dt
     n, _, h, w = image.shape
     margin = _margin(model)
     min_tile = MIN_TILE_RADII * margin
-    pad = (margin if h <= 2 * margin else 0, margin if w <= 2 * margin else 0)
-    ch, cw = h + 2 * pad[0], w + 2 * pad[1]
+    ch, cw = h + 2 * margin, w + 2 * margin
     per_window_pixel = n * _bytes_per_lr_pixel(model, dtype)
     budget = available_memory(device) // 2
     if device.type == "cpu":
@@ -576,7 +572,7 @@ def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dt
         log.warning("tile %d raised to %d LR pixels (%d x the receptive radius of %d): with smaller tiles the "
                     "overlap between windows would be most of the work", tile, min_tile, MIN_TILE_RADII, margin)
         tile = min_tile
-    plan = _Plan(tile, 1, margin, min_tile, pad)
+    plan = _Plan(tile, 1, margin, min_tile)
     wh, ww = plan.window_size(h, w)
     tiles = -(-h // tile) * -(-w // tile)
     plan.batch = max(1, min(tiles, budget // (wh * ww * per_window_pixel)))
@@ -613,7 +609,7 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     n, _, h, w = image.shape
-    s, (py, px) = model.scale, plan.pad
+    s, m = model.scale, plan.margin
     windows = list(plan.windows(h, w))
     wh, ww = plan.window_size(h, w)
     bar = _Progress(len(windows), "upscaling", "tile", progress)
@@ -622,7 +618,7 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
             group = windows[i : i + plan.batch]
             pixels, codes, levels = [], [], []
             for wy, wx, *_ in group:
-                y0, x0 = wy - py, wx - px  # window origin in image coordinates (negative when padded)
+                y0, x0 = wy - m, wx - m  # window origin in image coordinates (negative at the padded borders)
                 pixels.append(image.window(y0, y0 + wh, x0, x0 + ww, device, torch.float32))
                 codes.append(code.window(y0, y0 + wh, x0, x0 + ww, device, dtype).expand(n, -1, -1, -1))
                 levels.append(noise.window(y0, y0 + wh, x0, x0 + ww, device, dtype).expand(n, -1, -1, -1) / 255)
@@ -630,11 +626,15 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
             color = batch[:, :1].expand(-1, 3, -1, -1) if image.gray else batch[:, :3]
             sr = model(color.to(dtype), torch.cat(codes), torch.cat(levels))[-1]
             for j, (wy, wx, y0, y1, x0, x1) in enumerate(group):
-                top, left = s * (y0 + py - wy), s * (x0 + px - wx)
+                top, left = s * (y0 + m - wy), s * (x0 + m - wx)
                 rows, cols = slice(top, top + s * (y1 - y0)), slice(left, left + s * (x1 - x0))
                 alpha = None
-                if image.has_alpha:
-                    alpha = imresize(batch[j * n : (j + 1) * n, -1:], s)[..., rows, cols]
+                if image.has_alpha:  # MATLAB's imresize of the image's own alpha: the window's part inside the image
+                    oy, ox = wy - m, wx - m  # window origin in image coordinates
+                    ay, ax = max(oy, 0), max(ox, 0)
+                    rows_in, cols_in = slice(ay - oy, min(oy + wh, h) - oy), slice(ax - ox, min(ox + ww, w) - ox)
+                    inside = batch[j * n : (j + 1) * n, -1:, rows_in, cols_in]
+                    alpha = imresize(inside, s)[..., s * (y0 - ay) : s * (y1 - ay), s * (x0 - ax) : s * (x1 - ax)]
                 out.write(s * y0, s * x0, sr[j * n : (j + 1) * n, :, rows, cols], alpha)
             bar.update(len(group))
     finally:
