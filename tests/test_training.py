@@ -435,3 +435,23 @@ def test_eval_json_is_replaced_only_with_overwrite_and_only_if_ours(tmp_path):
     with pytest.raises(FileExistsError, match="not a `udvd eval` result"):
         run_command([*args, "--json", str(tmp_path / "mine.json"), "--overwrite"])
     assert (tmp_path / "mine.json").read_text() == '{"my": "notes"}'
+
+
+def test_finetune_reuses_a_dynamic_stage_whole_or_not_at_all():
+    """x2 -> x3: the refine stages' kernel predictors fit in shape, but their feature aligners do not; mixing
+    trained and fresh tensors would start them from noise instead of identity filtering."""
+    from udvd_triton.training.trainer import transfer_weights
+
+    torch.manual_seed(0)
+    source = UDVD(2, n_feats=8, n_blocks=1)
+    with torch.no_grad():
+        for p in source.parameters():  # "trained": no tensor equals a fresh one
+            p.add_(1.0)
+    target = UDVD(3, n_feats=8, n_blocks=1)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    loaded, reinit = transfer_weights(target, source.state_dict())
+    assert loaded and all(k.split(".")[0] in ("head", "body", "kernel_basis") for k in loaded)
+    assert "refine.0.feat_kernel.weight" in reinit and "upsample.image_conv.0.weight" in reinit
+    state = target.state_dict()
+    assert all(torch.equal(state[k], fresh[k]) for k in reinit)
+    assert transfer_weights(UDVD(2, n_feats=8, n_blocks=1), source.state_dict())[1] == []  # same scale: all of it
