@@ -186,7 +186,8 @@ def test_upscale_without_model_uses_the_registry_default(tmp_path: Path, capsys)
     assert code == 0, err
     assert Image.open(tmp_path / "o" / "d_x2.png").size == (24, 20)
     code, _, err = run(["upscale", str(src), "-o", str(tmp_path / "o4"), "--scale", "4", "-q"], capsys)
-    assert code == 2 and "no default x4 model" in err  # until an x4 model is registered
+    assert code == 0, err  # udvd-x4-small, the registry's default x4 model
+    assert Image.open(tmp_path / "o4" / "d_x4.png").size == (48, 40)
     code, out, _ = run(["models"], capsys)
     assert code == 0 and "DEFAULT" in out.splitlines()[0]
 

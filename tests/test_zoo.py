@@ -373,7 +373,7 @@ def test_bundled_models_load_offline_and_restore_a_degraded_photo(monkeypatch) -
 
     monkeypatch.delenv("UDVD_REGISTRY", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hr = skimage.data.chelsea()[:300, :450].astype(np.float64) / 255
+    hr = skimage.data.chelsea()[:300, :444].astype(np.float64) / 255  # sides divisible by 2, 3 and 4
     for name, entry in load_registry().items():
         if not entry.path.is_file():
             continue
