@@ -269,12 +269,8 @@ def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) ->
     """
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    stages = {_stage(k) for k in own} - {None}
-    for stage in stages:
-        names = [k for k in own if _stage(k) == stage]
-        if not all(k in matched for k in names):
-            for k in names:
-                matched.pop(k, None)
+    incomplete = {_stage(k) for k in own if k not in matched} - {None}
+    matched = {k: v for k, v in matched.items() if _stage(k) not in incomplete}
     model.load_state_dict(matched, strict=False)
     return sorted(matched), sorted(k for k in own if k not in matched)
 
