@@ -339,6 +339,17 @@ def test_training_step_never_syncs_on_cuda(data, tmp_path):
     _sync_free_steps(data, tmp_path, "cuda")
 
 
+@pytest.mark.parametrize("name, local_rank, world, index", [("auto", 0, 1, 0), ("cuda", 0, 1, 0), ("cuda:1", 0, 1, 1),
+                                                            ("cuda", 3, 4, 3)])
+def test_a_cuda_device_always_gets_an_index(monkeypatch, name, local_rank, world, index):
+    """`udvd train` on a GPU failed at once: torch.cuda.set_device refuses a bare "cuda" (torch 2.11)."""
+    from udvd_triton.training import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert trainer._resolve_device(name, local_rank, world) == torch.device("cuda", index)
+
+
 def test_no_pickle_loading_anywhere():
     root = Path(__file__).parents[1]
     needle = "weights_only=" + "False"  # spelled apart so that this file does not match itself

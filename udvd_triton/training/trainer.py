@@ -310,8 +310,10 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
-        if world > 1:  # one GPU per process, picked by torchrun's LOCAL_RANK
-            device = torch.device("cuda", local_rank)
+        # Always with an index: torch.cuda.set_device refuses a bare "cuda" (torch 2.11). Several processes: one GPU
+        # each, picked by torchrun's LOCAL_RANK.
+        index = local_rank if world > 1 else device.index if device.index is not None else torch.cuda.current_device()
+        device = torch.device("cuda", index)
     return device
 
 
