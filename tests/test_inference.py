@@ -220,6 +220,31 @@ def test_progress_log_lines_when_not_on_a_terminal(model: UDVD, monkeypatch, cap
     assert lines[0].startswith("upscaling: 1/9 tiles (11%)") and lines[-1].startswith("upscaling: 9/9 tiles (100%)")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_upscale_matches_the_cpu(rgb: np.ndarray, dtype: torch.dtype) -> None:
+    """fp32 / fp16 / bf16 on the GPU (Triton op, cuDNN) against the CPU in fp32, on uint8 images."""
+    cpu = spread_model()
+    gpu = spread_model().to("cuda", dtype)
+    img = (rgb * 255).round().astype(np.uint8)
+    want = cpu.upscale(img, blur_sigma=1.6, noise_level=20).astype(int)
+    got = gpu.upscale(img, blur_sigma=1.6, noise_level=20).astype(int)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    worst = {torch.float32: 1, torch.float16: 3, torch.bfloat16: 8}[dtype]  # levels of 255
+    assert np.abs(got - want).max() <= worst and np.abs(got - want).mean() < worst / 4
+
+
+@pytest.mark.gpu
+def test_cuda_automatic_tiling_equals_one_window() -> None:
+    """tile=None on the GPU picks its windows from free memory; forced small tiles give the same image."""
+    model = spread_model().cuda()
+    img = torch.rand(1, 3, 300, 410, device="cuda")
+    whole = model.upscale(img, blur_sigma=1.3, noise_level=10)
+    tiled = model.upscale(img, blur_sigma=1.3, noise_level=10, tile=64)
+    assert whole.shape == tiled.shape == (1, 3, 600, 820) and whole.device.type == "cuda"
+    assert (tiled - whole).abs().max() <= 1e-4
+
+
 def test_auto_tile_size_grows_with_memory(model: UDVD) -> None:
     small, large = auto_tile_size(model, 2**28, torch.float32), auto_tile_size(model, 2**34, torch.float32)
     assert 16 <= small < large
