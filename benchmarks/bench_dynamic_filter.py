@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from udvd_triton.ops import dynamic_filter, dynamic_filter_reference, kernel_channels
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# (name, N, C, H, W, scale, kernel_size, depthwise): LR sizes; the 3-channel cases are UDVD's image filters
+# (name, N, C, H, W, scale, kernel_size, depthwise): LR sizes; the 3-channel cases are UDVD's image filters, the
+# same shapes as benchmarks/kernel_report.py's static estimates
 CASES = [
     ("rgb-960x540", 1, 3, 540, 960, 2, 5, True),
     ("rgb-1920x1080", 1, 3, 1080, 1920, 2, 5, True),
     ("feat64-480x270", 1, 64, 270, 480, 2, 5, True),
+    ("rgb-960x540-s4k9", 1, 3, 540, 960, 4, 9, True),
 ]
 # name -> (x dtype, kernels dtype); "fp32+bf16" is what the model runs under bf16 autocast (image fp32, kernels bf16)
 DTYPES = {
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 nbytes = traffic(n, c, h, w, s, k, depthwise, dtypes[0].itemsize, dtypes[1].itemsize, backward)
                 floor_ms = nbytes / bw * 1e3
                 for impl in args.impls:
+                    if impl == "unfold+compile":  # fresh compile per shape / dtype / pass: past dynamo's recompile
+                        torch._dynamo.reset()  # limit (8) the compiled function would silently run eager
                     try:
                         r = bench_one(IMPLS[impl], case, dtypes, backward, warmup, iters, args.sets)
                     except torch.cuda.OutOfMemoryError:
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         "floor_fraction": floor_ms / ms if ms else None,
                         "triton_rel_err_vs_unfold": err,
                     })  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
     result = {
         "device": device,
         "torch": torch.__version__,
