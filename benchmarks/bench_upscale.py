@@ -4,6 +4,7 @@
     python benchmarks/bench_upscale.py --device cpu --out benchmarks/results/cpu-upscale.json
     python benchmarks/bench_upscale.py --device cuda --dtypes fp32 bf16 --out benchmarks/results/h100-upscale.json
     python benchmarks/bench_upscale.py --table benchmarks/results/cpu-upscale.json     # markdown table of a JSON
+    python benchmarks/bench_upscale.py --compare --model random-x2 --dtypes fp32 bf16 --out benchmarks/results/h200-compare.json
 
 Inputs: the bundled example photo resized (bicubic) to 3:2 frames of 0.25, 1, 4 and 24 MP, uint8 RGB numpy.
 Modes: ``untiled`` (``tile`` = the longer side: one window), ``tiled`` (``tile=None``: what a user gets, the tile
@@ -66,7 +67,11 @@ IMPLEMENTATIONS: dict[str, Callable] = {"package": run_package}
 
 
 def make_input(size: str) -> np.ndarray:
-    w, h = SIZES[size]
+    return make_input_wh(*SIZES[size])
+
+
+def make_input_wh(w: int, h: int) -> np.ndarray:
+    """The example photo resized (bicubic) to w x h, uint8 RGB (h, w, 3)."""
     with Image.open(EXAMPLE) as img:
         return np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC))
 
@@ -216,6 +221,201 @@ def benchmark(args: argparse.Namespace) -> dict:
     return {"machine": machine(), "device": str(device), "model": args.model, "results": results}
 
 
+# ---------------------------------------------------------------------- CUDA: reference UDVD vs this package
+
+COMPARE_LR = (1920, 1080)  # x2 -> 3840x2160
+LARGE_LR = (3840, 2160)  # x2 -> 7680x4320, through upscale(tile=None): must run as one window
+
+
+def matmul_rate(dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10) -> float:
+    """Measured dense matmul rate in FLOP/s on random data (the arithmetic ceiling of the FLOP floor)."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3)
+
+
+def count_macs(model, inputs: tuple[torch.Tensor, ...]) -> int:  # noqa: ANN001
+    """Multiply-adds of one forward: every convolution (hooks) plus the dynamic filters (k*k per output element)."""
+    from udvd_triton import model as model_module
+
+    macs = 0
+
+    def conv_hook(module: torch.nn.Conv2d, _inp, out: torch.Tensor) -> None:  # noqa: ANN001
+        nonlocal macs
+        macs += out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+
+    original = model_module.dynamic_filter
+
+    def counted(x, kernels, scale, kernel_size, depthwise=True, **kw):  # noqa: ANN001, ANN202
+        nonlocal macs
+        y = original(x, kernels, scale, kernel_size, depthwise, **kw)
+        macs += y.numel() * kernel_size**2 * (1 if depthwise else x.shape[1])
+        return y
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    model_module.dynamic_filter = counted
+    try:
+        with torch.inference_mode():
+            model(*inputs)
+    finally:
+        model_module.dynamic_filter = original
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+class _UnfoldFilter:
+    """Swap the model's dynamic filter for the reference UDVD's unfold + matmul PixelConv while active."""
+
+    def __enter__(self) -> None:
+        from bench_dynamic_filter import pixelconv_unfold
+
+        from udvd_triton import model as model_module
+
+        self.module, self.original = model_module, model_module.dynamic_filter
+        model_module.dynamic_filter = lambda x, k, scale, kernel_size, depthwise=True: pixelconv_unfold(
+            x, k, scale, kernel_size, depthwise
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.dynamic_filter = self.original
+
+
+def _cuda_time(fn: Callable[[], object], repeat: int) -> dict:
+    """Median of ``repeat`` calls timed with CUDA events after one warm-up call; peak allocation beyond the start."""
+    fn()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return {"seconds": statistics.median(times), "seconds_all": times,
+            "peak_cuda_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+
+
+def _graphed(model, inputs: tuple[torch.Tensor, ...]) -> Callable[[], torch.Tensor]:  # noqa: ANN001
+    """The forward captured in a CUDA graph (static shapes: one capture, replayed)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(2):  # warm-up outside the capture: cuDNN autotuning, Triton compilation
+            model(*inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        out = model(*inputs)[-1]
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+def compare_cuda(args: argparse.Namespace) -> dict:
+    """x2 1920x1080 -> 3840x2160, batch 1: the reference UDVD (unfold PixelConv), the same under torch.compile, this
+    package's forward (Triton op; channels_last + cuDNN benchmark + CUDA graph) and ``upscale`` as a user calls it;
+    then a 3840x2160 input through ``upscale(tile=None)``. Each case is recorded with its error instead of stopping
+    the run."""
+    from udvd_triton import UDVD, inference
+
+    rate = matmul_rate()
+    rows = []
+
+    def record(row: dict, fn: Callable[[], dict]) -> None:
+        try:
+            row.update(fn())
+        except Exception as e:  # noqa: BLE001 (one failing case must not lose the others' numbers)
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        torch.cuda.empty_cache()
+        if "seconds" in row and "flop_floor_s" in row:
+            row["floor_fraction"] = row["flop_floor_s"] / row["seconds"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+
+    w, h = COMPARE_LR
+    image_np = make_input_wh(w, h)
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        model = (UDVD(scale=2) if args.model == "random-x2" else UDVD.from_pretrained(args.model)).to("cuda", dtype)
+        model.eval()
+        g = torch.Generator().manual_seed(0)
+        inputs = (
+            torch.from_numpy(image_np).permute(2, 0, 1)[None].to("cuda", dtype) / 255,
+            (0.1 * torch.randn(1, model.code_len, h, w, generator=g)).to("cuda", dtype),
+            torch.full((1, 1, h, w), 5 / 255).to("cuda", dtype),
+        )
+        macs = count_macs(model, inputs)
+        base = {"lr": f"{w}x{h}", "dtype": dtype_name, "macs": macs, "flop_floor_s": 2 * macs / rate}
+
+        def forward(m=model, x=inputs) -> torch.Tensor:  # noqa: ANN001
+            with torch.inference_mode():
+                return m(*x)[-1]
+
+        with _UnfoldFilter():
+            record({**base, "impl": "reference"}, lambda: _cuda_time(forward, args.repeat))
+            compiled = torch.compile(forward)
+            record({**base, "impl": "reference+compile"}, lambda: _cuda_time(compiled, args.repeat))
+            del compiled
+        record({**base, "impl": "package-forward"}, lambda: _cuda_time(forward, args.repeat))
+
+        def graphed() -> dict:
+            torch.backends.cudnn.benchmark = True
+            try:
+                cl = model.to(memory_format=torch.channels_last)
+                replay = _graphed(cl, tuple(t.contiguous(memory_format=torch.channels_last) for t in inputs))
+                return _cuda_time(replay, args.repeat)
+            finally:
+                torch.backends.cudnn.benchmark = False
+                model.to(memory_format=torch.contiguous_format)
+
+        record({**base, "impl": "package-forward+channels_last+cudnn_benchmark+graph"}, graphed)
+        record({**base, "impl": "package-upscale", "note": "uint8 in and out, replicate padding, maps: the user call"},
+               lambda: _cuda_time(lambda: model.upscale(image_np, blur_sigma=1.0, noise_level=5.0, progress=False),
+                                  args.repeat))
+        lw, lh = LARGE_LR
+        large = make_input_wh(lw, lh)
+        plan = inference._plan(model, inference._as_input(large), None, torch.device("cuda"), dtype)
+        record({"lr": f"{lw}x{lh}", "dtype": dtype_name, "impl": "package-upscale", "windows":
+                len(list(plan.windows(lh, lw))), "tile": plan.tile, "batch": plan.batch,
+                "flop_floor_s": 2 * macs * (lw * lh) / (w * h) / rate},
+               lambda: _cuda_time(lambda: model.upscale(large, blur_sigma=1.0, noise_level=5.0, progress=False),
+                                  max(1, args.repeat // 2)))
+        del model
+        torch.cuda.empty_cache()
+    return {"machine": machine(), "device": "cuda", "model": args.model, "bf16_matmul_tflops": rate / 1e12,
+            "compare": rows}
+
+
+def compare_table(data: dict) -> str:
+    """Markdown table of ``compare_cuda`` results: time, FLOP floor beside it, peak memory."""
+    lines = ["| LR input | dtype | implementation | time | FLOP floor | floor / time | peak CUDA alloc |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in data["compare"]:
+        floor = f"{r['flop_floor_s'] * 1e3:.1f} ms" if "flop_floor_s" in r else "-"
+        if "error" in r:
+            lines.append(f"| {r['lr']} | {r['dtype']} | {r['impl']} | error: {r['error']} | {floor} | | |")
+            continue
+        # a replayed graph allocates nothing: its memory pool was taken at capture, before the measurement
+        peak = "graph pool" if "graph" in r["impl"] else f"{r['peak_cuda_mb'] / 1024:.2f} GB"
+        lines.append(f"| {r['lr']} | {r['dtype']} | {r['impl']} | {r['seconds'] * 1e3:.1f} ms | {floor} | "
+                     f"{r.get('floor_fraction', 0):.0%} | {peak} |")
+    return "\n".join(lines)
+
+
 def table(data: dict) -> str:
     """Markdown table of a results JSON."""
     memory = "peak RSS" if data["device"] == "cpu" else "peak CUDA alloc"
@@ -244,6 +444,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed calls per CUDA case (median)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--table", metavar="JSON", help="print the markdown table of a results file and exit")
+    p.add_argument("--compare", action="store_true",
+                   help="CUDA: x2 1920x1080 reference UDVD (unfold PixelConv), its torch.compile and this package; "
+                        "--model random-x2 times the paper-size model with random weights")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -251,7 +454,8 @@ def main() -> None:
     p.add_argument("--input", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        data = json.loads(Path(args.table).read_text())
+        print(compare_table(data) if "compare" in data else table(data))
         return
     if args.child:
         child(args)
@@ -259,12 +463,12 @@ def main() -> None:
     unknown = set(args.impls) - set(IMPLEMENTATIONS)
     if unknown:
         p.error(f"unknown --impls {sorted(unknown)}; known: {sorted(IMPLEMENTATIONS)}")
-    data = benchmark(args)
+    data = compare_cuda(args) if args.compare else benchmark(args)
     if args.out:
         from udvd_triton.files import write_json
 
         write_json(args.out, data)
-    print(table(data))
+    print(compare_table(data) if args.compare else table(data))
 
 
 if __name__ == "__main__":
