@@ -153,9 +153,11 @@ class _Input:
         _, _, h, w = self.shape
         rows, cols = _indices(y0, y1, h), _indices(x0, x1, w)
         if isinstance(self.data, np.ndarray):
-            win = self.data[rows][:, cols]
-            win = np.array(win, dtype=np.float32 if win.dtype in _INT_MAX else win.dtype)  # a window-sized copy
-            t = torch.from_numpy(win).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+            # A window-sized copy in the image's own dtype crosses to the device (uint8: a quarter of float32's bytes)
+            # and is converted there; uint16, which torch handles on the CPU only, crosses as int32.
+            win = np.ascontiguousarray(self.data[rows][:, cols], np.int32 if self.data.dtype == np.uint16 else None)
+            t = torch.from_numpy(win).to(device).permute(2, 0, 1)[None]
+            t = t.to(dtype, memory_format=torch.contiguous_format)
         else:
             t = self.data[:, :, _torch_index(rows, self.data.device)][..., _torch_index(cols, self.data.device)]
             t = t.to(device=device, dtype=dtype)
@@ -249,9 +251,10 @@ class _Output:
         if isinstance(self.data, torch.Tensor):
             self.data[..., y : y + th, x : x + tw] = out.to(self.data)
             return
-        if self.data.dtype in _INT_MAX:
-            out = out.mul_(_INT_MAX[self.data.dtype]).round_().to(torch.int32)
-        self.data[y : y + th, x : x + tw] = out[0].permute(1, 2, 0).cpu().numpy()
+        if self.data.dtype in _INT_MAX:  # rounded and narrowed on the device: uint8 crosses back as one byte a value
+            out = out.mul_(_INT_MAX[self.data.dtype]).round_()
+            out = out.to(torch.uint8 if self.data.dtype == np.uint8 else torch.int32)
+        self.data[y : y + th, x : x + tw] = out[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
     def result(self) -> ImageLike:
         data, image = self.data, self.image
