@@ -386,6 +386,15 @@ def test_bundled_models_load_offline_and_restore_a_degraded_photo(monkeypatch) -
         assert psnr(sr, hr, border=s) > psnr(bicubic, hr, border=s) + 1.0, name
 
 
+def test_bundled_models_keep_the_training_basis() -> None:
+    """Fine-tuning refuses a model whose kernel-PCA basis is not the synthesis's: every bundled model can be
+    fine-tuned (the first float16 udvd-x2 had its basis rounded to float16)."""
+    basis = torch.as_tensor(pca_basis(), dtype=torch.float32)
+    for name, entry in load_registry().items():
+        if entry.path.is_file():
+            assert torch.equal(UDVD.from_pretrained(name).kernel_basis, basis[: entry.config["code_len"]]), name
+
+
 # --- sharded and float16 checkpoints ---
 
 
@@ -404,14 +413,23 @@ def test_paper_size_weights_are_sharded_under_16_mib(tmp_path: Path) -> None:
     assert_same_weights(model, UDVD.from_pretrained(tmp_path / "big"))
 
 
+def assert_float16_parameters(model: UDVD, loaded: UDVD) -> None:
+    """``loaded`` came from a float16 save of ``model``: parameters rounded to float16, buffers untouched."""
+    params = dict(model.named_parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float() if k in params else v), k
+
+
 def test_float16_and_many_shards_round_trip(tmp_path: Path) -> None:
     from udvd_triton.zoo import save_checkpoint
 
     model = tiny_model()
     save_checkpoint(model, tmp_path / "half", dtype=torch.float16)
     loaded = UDVD.from_pretrained(tmp_path / "half")
-    for k, v in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    assert_float16_parameters(model, loaded)
+    # The kernel-PCA basis stays float32: rounded, it no longer matched the training synthesis, and fine-tuning the
+    # first float16 registry model (udvd-x2) to x3 was refused.
+    assert torch.equal(loaded.kernel_basis, torch.as_tensor(pca_basis(), dtype=torch.float32))
     weights = save_checkpoint(model, tmp_path / "many", max_shard_bytes=160_000)
     assert weights.name == "model.safetensors.index.json" and len(list((tmp_path / "many").glob("model-*"))) > 2
     assert all(p.stat().st_size <= 160_000 for p in (tmp_path / "many").glob("*.safetensors"))
@@ -459,6 +477,5 @@ def test_add_to_registry_takes_a_sharded_checkpoint_as_one_float16_file(tmp_path
     subprocess.run([*cmd, "--dtype", "float16", "--default"], check=True, capture_output=True)
     assert (tmp_path / "big-x2.safetensors").stat().st_size <= 16 * 2**20
     loaded = UDVD.from_pretrained("big-x2", registry=tmp_path / "registry.json")
-    for k, v in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    assert_float16_parameters(model, loaded)
     assert default_model(2, tmp_path / "registry.json") == "big-x2"

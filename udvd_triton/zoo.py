@@ -287,11 +287,16 @@ def save_checkpoint(
 ) -> Path:
     """Write the model's weights (config in every file's metadata) and ``config.json`` into ``directory``;
     returns the weights path (``model.safetensors``, or ``model.safetensors.index.json`` when the weights exceed
-    ``max_shard_bytes`` and are sharded). ``dtype`` (e.g. ``torch.float16``) converts the floating-point tensors.
+    ``max_shard_bytes`` and are sharded). ``dtype`` (e.g. ``torch.float16``) converts the floating-point parameters
+    (buffers, such as the kernel-PCA basis, are kept as they are).
     ``model`` must have a ``config`` dict of its constructor arguments (``UDVD`` does). Every file is written
     atomically."""
     config = dict(model.config)  # type: ignore[arg-type]
-    state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    # Only parameters are converted: buffers keep their dtype, since the kernel-PCA basis defines how blur kernels
+    # are encoded, and a float16-rounded one no longer matches the basis that training synthesises codes with.
+    params = {name for name, _ in model.named_parameters()}
+    state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() and k in params else v
+             for k, v in model.state_dict().items()}
     stem = WEIGHTS_NAME.removesuffix(".safetensors")
     metadata = {CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)}
     weights = save_tensors(state, directory, stem, metadata, max_shard_bytes)
