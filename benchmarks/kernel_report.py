@@ -14,15 +14,21 @@ iteration. From those, two **static estimates** for an H200:
   device-to-device copy bandwidth measured on that H200 (KINDS.md, 2026-10-28 and 2026-11-04).
 
 A kernel whose issue-bound estimate is at or below its floor cannot be issue-limited before it is memory-limited;
-neither number is a measurement. Needs TRITON_INTERPRET unset.
+neither number is a measurement. A third static fact says whether it can be latency-limited: the **warps an SM
+holds** for each launch (registers are allocated per warp in units of 256 out of 65,536 per SM; at most 32 blocks
+and 64 warps per SM; 228 KB of shared memory) — the first H200 measurements (bench_dynamic_filter.py) ran the
+forward at 55 % of the floor with 12 resident warps per SM, where the issue estimate promised the floor.
+Needs TRITON_INTERPRET unset.
 
     python benchmarks/kernel_report.py                                   # -> benchmarks/results/kernel_report.json
     python benchmarks/kernel_report.py --out benchmarks/results/kernel_report-before.json
+    python benchmarks/kernel_report.py --table benchmarks/results/kernel_report.json   # the table of a JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -36,7 +42,8 @@ import torch
 from udvd_triton.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-H200 = {"sms": 132, "issue_per_clock_per_sm": 4, "clock_hz": 1.98e9, "copy_bandwidth_bytes_per_s": 4.3e12}
+H200 = {"sms": 132, "issue_per_clock_per_sm": 4, "clock_hz": 1.98e9, "copy_bandwidth_bytes_per_s": 4.3e12,
+        "registers_per_sm": 65536, "max_blocks_per_sm": 32, "max_warps_per_sm": 64, "shared_bytes_per_sm": 228 * 1024}
 # (name, LR shape (N, C, H, W), scale, kernel size); all depthwise, as the model uses the op
 SHAPES = [
     ("rgb-1920x1080-k5-s2", (1, 3, 1080, 1920), 2, 5),
@@ -103,6 +110,16 @@ def useful_fmas(case: dict[str, Any]) -> int:
     return n * c * h * w * case["scale"] ** 2 * case["kernel_size"] ** 2
 
 
+def resident_warps(registers: int, num_warps: int, shared_bytes: int) -> int:
+    """Warps of one launch an SM holds at once (Hopper limits, ``H200``): registers are allocated per warp in units
+    of 256 (8 per thread); blocks are also capped at 32 per SM, warps at 64, and by shared memory."""
+    per_block = math.ceil(registers * 32 / 256) * 256 * num_warps
+    blocks = min(H200["registers_per_sm"] // per_block, H200["max_blocks_per_sm"], H200["max_warps_per_sm"] // num_warps)
+    if shared_bytes:
+        blocks = min(blocks, H200["shared_bytes_per_sm"] // shared_bytes)
+    return blocks * num_warps
+
+
 def launch_facts(row: dict[str, Any]) -> dict[str, Any]:
     """What one launch (one compiled kernel and its grid) of an op contributes."""
     per_warp = executed_instructions(row)
@@ -117,6 +134,7 @@ def launch_facts(row: dict[str, Any]) -> dict[str, Any]:
         "loops": loops,
         "instructions_per_warp": per_warp,
         "warp_instructions": math.prod(row["grid"]) * row["num_warps"] * per_warp,
+        "resident_warps_per_sm": resident_warps(row["registers"], row["num_warps"], row["shared_bytes"]),
     }
 
 
@@ -160,8 +178,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             acc = " ".join(f"{k}x{v}" for k, v in lf["global_accesses"].items())
             body = "; ".join(f"{lp['instructions']}/{lp['barriers']} x{lp['trips']}" for lp in lf["loops"])
             edge = " edge" if lf["constants"].get("MASKED") else ""
+            warps = lf.get("resident_warps_per_sm") or resident_warps(lf["registers"], lf["num_warps"],
+                                                                      lf["shared_bytes"])  # older JSON: derived
             parts.append(
-                f"{lf['grid'][0]}{edge}: {lf['registers']} regs, {lf['spill_instructions']} spills, {acc}, "
+                f"{lf['grid'][0]}{edge}: {lf['registers']} regs ({warps} warps/SM), {lf['spill_instructions']} "
+                f"spills, {acc}, "
                 f"{lf['sass_instructions']} SASS{f' ({body})' if body else ''}, {lf['barriers']} bar"
             )
         lines.append(
@@ -182,7 +203,11 @@ def _ptxas_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=RESULTS / "kernel_report.json")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a report and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())["rows"]))
+        return 0
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("kernel_report.py compiles for sm_90: run it with TRITON_INTERPRET unset", file=sys.stderr)
         return 2
