@@ -34,7 +34,7 @@ if [ -f "$RUN/checkpoint.json" ]; then
     udvd train --resume "${common[@]}"
 else
     # x2 continues from the published weights at half the peak LR; x3 / x4 take its head and body, their dynamic
-    # stages start as bicubic / identity filters (blur range: the scale's default, 0.2-2.0 x scale/2). Adam's first
+    # stages start as bicubic / identity filters (blur range: the scale's default). Adam's first
     # steps move every weight by about the LR, and through 1,152 trained 128-channel inputs that reshapes the new
     # stages' predicted kernels at once (a CPU trial reaching 1e-4 in 5 steps fell from bicubic's 37.8 dB to 21 dB
     # before recovering), hence the longer warm-up for x3 / x4.
