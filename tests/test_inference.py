@@ -230,7 +230,9 @@ def test_cuda_upscale_matches_the_cpu(rgb: np.ndarray, dtype: torch.dtype) -> No
     want = cpu.upscale(img, blur_sigma=1.6, noise_level=20).astype(int)
     got = gpu.upscale(img, blur_sigma=1.6, noise_level=20).astype(int)
     assert got.shape == want.shape and got.dtype == want.dtype
-    worst = {torch.float32: 1, torch.float16: 3, torch.bfloat16: 8}[dtype]  # levels of 255
+    # levels of 255; fp32 convolutions run as TF32 on cuDNN by default (fp16-like mantissa). On the CPU, bf16 / fp16
+    # models give at most 2 / 1 levels off fp32 here
+    worst = {torch.float32: 2, torch.float16: 3, torch.bfloat16: 8}[dtype]
     assert np.abs(got - want).max() <= worst and np.abs(got - want).mean() < worst / 4
 
 
