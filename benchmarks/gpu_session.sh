@@ -6,6 +6,9 @@
 #
 #   bash benchmarks/gpu_session.sh                  # all parts, ~9 min on an H200
 #   PARTS="tests ncu" bash benchmarks/gpu_session.sh
+#
+# The package's dependencies are expected installed, except pypng (16-bit colour PNGs), which the H200 image lacks:
+# its wheel in .whl/ (git-ignored; `pip download --no-deps -d .whl pypng`) is installed from there.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-session}
@@ -16,6 +19,7 @@ T0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
+python3 -c "import png" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .whl/pypng-*.whl || exit 2
 python3 -c "import udvd_triton" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 2
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,temperature.gpu --format=csv \
     | tee "$OUT/nvidia-smi.csv"

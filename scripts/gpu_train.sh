@@ -24,6 +24,7 @@ SCALE=${TASK#x}
 RUN=$WORK/runs/$TASK
 export PYTHONUNBUFFERED=1
 mkdir -p "$WORK" "$OUT"
+python3 -c "import png" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .whl/pypng-*.whl  # not in the image
 python3 -c "import udvd_triton" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e .
 
 if [ ! -f "$WORK/prepared/manifest.json" ]; then
