@@ -26,6 +26,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$WORK" "$OUT"
 python3 -c "import png" 2>/dev/null || python3 -m pip install -q --no-index --no-deps .whl/pypng-*.whl  # not in the image
 python3 -c "import udvd_triton" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e .
+udvd() { "$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')/udvd" "$@"; }  # PATH may lack it
 
 if [ ! -f "$WORK/prepared/manifest.json" ]; then
     udvd prepare-data data/photos "$WORK/prepared" --crop 192 --stride 144 --max-side 2040 --val 4 --quiet
