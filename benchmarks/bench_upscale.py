@@ -167,23 +167,27 @@ def run_cpu_case(args: argparse.Namespace, impl: str, size: str, mode: str, inpu
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run_cuda_case(args: argparse.Namespace, model, impl: str, size: str, mode: str) -> dict:  # noqa: ANN001
-    image = make_input(size)
-    fn = IMPLEMENTATIONS[impl]
-    fn(model, image, mode)  # warm-up
+def _cuda_time(fn: Callable[[], object], repeat: int) -> dict:
+    """Median of ``repeat`` calls timed with CUDA events after one warm-up call; peak allocation beyond the start."""
+    fn()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn(model, image, mode)
+        fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+        times.append(start.elapsed_time(end) / 1e3)
     return {"seconds": statistics.median(times), "seconds_all": times,
             "peak_cuda_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+
+
+def run_cuda_case(args: argparse.Namespace, model, impl: str, size: str, mode: str) -> dict:  # noqa: ANN001
+    image = make_input(size)
+    return _cuda_time(lambda: IMPLEMENTATIONS[impl](model, image, mode), args.repeat)
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -286,24 +290,6 @@ class _UnfoldFilter:
 
     def __exit__(self, *exc: object) -> None:
         self.module.dynamic_filter = self.original
-
-
-def _cuda_time(fn: Callable[[], object], repeat: int) -> dict:
-    """Median of ``repeat`` calls timed with CUDA events after one warm-up call; peak allocation beyond the start."""
-    fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return {"seconds": statistics.median(times), "seconds_all": times,
-            "peak_cuda_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
 
 
 def _graphed(model, inputs: tuple[torch.Tensor, ...]) -> Callable[[], torch.Tensor]:  # noqa: ANN001
