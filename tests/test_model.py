@@ -212,6 +212,18 @@ def test_bad_inputs_raise() -> None:
         model((image * 255).to(torch.uint8), code, noise)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_kernel_basis_keeps_its_values_under_a_dtype_change(dtype: torch.dtype) -> None:
+    """A bfloat16 model encoded blur kernels with a basis rounded to 8 bits; a float16 one saved a basis that
+    fine-tuning then refused."""
+    from udvd_triton.model import default_kernel_basis
+
+    model = UDVD(scale=2, n_feats=8, n_blocks=1).to(dtype)
+    assert next(model.parameters()).dtype == dtype
+    assert model.kernel_basis.dtype == torch.float32 and torch.equal(model.kernel_basis, default_kernel_basis(15))
+    assert model.to("meta").kernel_basis.device.type == "meta"  # it still follows the device
+
+
 def test_torch_compile_matches_eager_on_cpu() -> None:
     """The CPU (reference-op) path compiles as one graph and computes what eager does."""
     model = UDVD(scale=2, n_feats=8, n_blocks=1, kernel_size=3).eval()

@@ -183,7 +183,8 @@ class UDVD(nn.Module, ZooMixin):
 
     Buffer ``kernel_basis`` (code_len, 225): the kernel-PCA basis the model is trained with (by default
     ``degradation.pca_basis()``); saved in checkpoints, so ``upscale`` encodes a blur kernel k as
-    ``kernel_basis @ k.ravel()`` with the basis the checkpoint was trained with.
+    ``kernel_basis @ k.ravel()`` with the basis the checkpoint was trained with. It follows the model's device but
+    keeps its float32 values under ``.half()`` / ``.to(dtype)``.
     Zoo methods (``ZooMixin``): ``from_pretrained``, ``save_pretrained``, ``push_to_hub``, ``upscale``.
 
     ``forward(image, kernel_code, noise_map)`` takes image (N, 3, h, w) in [0, 1], kernel_code (N, 15, h, w) and
@@ -229,6 +230,14 @@ class UDVD(nn.Module, ZooMixin):
         self.refine = nn.ModuleList(
             CommonDynamicConv(n_feats, scale, kernel_size, image_channels) for _ in range(variant.count("D"))
         )
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        # The basis defines how blur kernels are encoded: rounded to float16 / bfloat16 it encodes them differently
+        # from training (and fine-tuning refuses it), so a dtype change leaves it as it was, on the new device.
+        basis = self.kernel_basis
+        super()._apply(fn, recurse)
+        self._buffers["kernel_basis"] = basis.to(self.kernel_basis.device)
+        return self
 
     def check_inputs(self, image: torch.Tensor, kernel_code: torch.Tensor, noise_map: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem if the three inputs do not fit the model."""
