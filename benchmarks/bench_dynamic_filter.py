@@ -118,6 +118,13 @@ def bench_one(fn, case, dtypes, backward: bool, warmup: int, iters: int, sets: i
         y = fn(x, kern, s, k, depthwise)
         return (y, *torch.autograd.grad(y, (x, kern), grad)) if backward else (y,)
 
+    times, peak = cuda_times(step, iters, warmup)
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "peak_extra_mib": peak / 2**20}
+
+
+def cuda_times(step: Callable[[int], object], iters: int, warmup: int) -> tuple[list[float], int]:
+    """Seconds of each of ``iters`` calls ``step(i)`` timed with CUDA events after ``warmup`` untimed ones, and the
+    peak allocation above what was allocated before the timed calls."""
     for i in range(warmup):
         step(i)
     torch.cuda.synchronize()
@@ -130,10 +137,9 @@ def bench_one(fn, case, dtypes, backward: bool, warmup: int, iters: int, sets: i
         made = step(i)
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-        del made
-    peak = torch.cuda.max_memory_allocated() - base
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_extra_mib": peak / 2**20}
+        times.append(start.elapsed_time(end) / 1e3)
+        del made  # freed before the next call, after the timed region
+    return times, torch.cuda.max_memory_allocated() - base
 
 
 def check_against_unfold(case, dtypes) -> float:

@@ -169,20 +169,10 @@ def run_cpu_case(args: argparse.Namespace, impl: str, size: str, mode: str, inpu
 
 def _cuda_time(fn: Callable[[], object], repeat: int) -> dict:
     """Median of ``repeat`` calls timed with CUDA events after one warm-up call; peak allocation beyond the start."""
-    fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return {"seconds": statistics.median(times), "seconds_all": times,
-            "peak_cuda_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    from bench_dynamic_filter import cuda_times
+
+    times, peak = cuda_times(lambda _: fn(), repeat, warmup=1)
+    return {"seconds": statistics.median(times), "seconds_all": times, "peak_cuda_mb": peak / 2**20}
 
 
 def run_cuda_case(args: argparse.Namespace, model, impl: str, size: str, mode: str) -> dict:  # noqa: ANN001
