@@ -54,19 +54,14 @@ DTYPES = ("fp32", "bf16")
 OP_NAMES = {"forward": "fwd", "grad_x": "grad-x", "grad_kernels": "grad-kernels"}
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 # Trip count of each loop the SASS of a kernel has, in address order, from the case and the kernel's constexprs
-# (the depthwise kernels unroll their taps; only grad-kernels with more channels than one block loops, per tap).
+# (the depthwise kernels unroll their taps; only grad-kernels with more channels than one block loops, over them).
 LoopTrips = Callable[[dict[str, Any], dict[str, Any]], list[int]]
 LOOP_TRIPS: dict[str, LoopTrips] = {
     "_fwd_depthwise_kernel": lambda case, k: [],
     "_dx_depthwise_kernel": lambda case, k: [],
-    "_dk_depthwise_kernel": lambda case, k: (
-        [] if k["ONE_BLOCK"] else [_cdiv(case["shape"][1], k["BLOCK_C"])] * k["K"] ** 2
-    ),
+    "_dk_depthwise_kernel": lambda case, k: [],
+    "_dk_depthwise_loop_kernel": lambda case, k: [case["shape"][1]],
 }
 
 
@@ -204,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=RESULTS / "kernel_report.json")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a report and exit")
+    parser.add_argument("--shapes", nargs="+", choices=[name for name, *_ in SHAPES], metavar="NAME",
+                        help=f"only these shapes (default: all of {', '.join(name for name, *_ in SHAPES)})")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(args.table.read_text())["rows"]))
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         {"name": name, "shape": list(shape), "scale": s, "kernel_size": k, "depthwise": True,
          "x_dtype": dt, "kernels_dtype": dt}
-        for name, shape, s, k in SHAPES for dt in DTYPES
+        for name, shape, s, k in SHAPES for dt in DTYPES if args.shapes is None or name in args.shapes
     ]  # fmt: skip
     built = build_cases(cases)
     rows = [report_row([b for b in built if b["case"] is case and b["op"] == op]) for case in cases for op in OPS]

@@ -312,10 +312,11 @@ def _dk_depthwise_kernel(
     n_cb, n_sb, first, count, skip_at, skip,
     K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
     BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
-    ACC: tl.constexpr, IDX: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr,
 ):
-    # dK[t*S*S + i*S+j, h, w] = sum_c x[c, h+dy-P, w+dx-P] * g[c, S*h+i, S*w+j]; grad_out and x are zero where
-    # masked (edge blocks, padding sub-pixels and channels), since both enter the channel sum
+    # dK[t*S*S + i*S+j, h, w] = sum_c x[c, h+dy-P, w+dx-P] * g[c, S*h+i, S*w+j] with every channel in one block:
+    # grad_out is loaded once and each tap is a product with a shifted x tile summed over the channel axis. grad_out
+    # and x are zero where masked (edge blocks, padding sub-pixels and channels), since both enter the channel sum
     P: tl.constexpr = (K - 1) // 2
     n, _, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
     sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
@@ -326,46 +327,71 @@ def _dk_depthwise_kernel(
     j = tl.arange(0, SP)[None, None, None, :]
     g_ok = (w < W) & (i < S) & (j < S)
     d_pix = dk_ptr + n * sdn + h * sdh + w * sdw + (i * S + j) * sdc
-    g_rows = g_ptr + n * sgn + (S * h + tl.minimum(i, S - 1)) * sgh
-    x_pix = x_ptr + n * sxn + h * sxh + w * sxw
-    if ONE_BLOCK:  # every channel in registers: grad_out is loaded once, not once per tap
-        c, c_ok = _channels(0, C, BLOCK_C, C_STATIC)
-        c = c[:, None, None, None]
-        g_all = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
-        if C_STATIC != 0:
-            g_all = tl.where(c_ok[:, None, None, None], g_all, 0.0)
-        x_chan = x_pix + c * sxc
+    c, c_ok = _channels(0, C, BLOCK_C, C_STATIC)
+    c = c[:, None, None, None]
+    g_rows = g_ptr + n * sgn + c * sgc + (S * h + tl.minimum(i, S - 1)) * sgh
+    g_all = _load_hr(g_rows, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+    if C_STATIC != 0:
+        g_all = tl.where(c_ok[:, None, None, None], g_all, 0.0)
+    x_chan = x_ptr + n * sxn + h * sxh + w * sxw + c * sxc
     for dy in tl.static_range(K):
         if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program, one branch per row of taps
             for dx in tl.static_range(K):
-                x_off = (dy - P) * sxh + (dx - P) * sxw
-                if ONE_BLOCK:
-                    if MASKED:
-                        xv = tl.load(x_chan + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
-                    else:
-                        xv = tl.load(x_chan + x_off)
-                    if C_STATIC != 0:  # constants per register: folds away
-                        xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
-                    dk = tl.sum(_widen(xv, ACC) * g_all, axis=0)
-                else:  # more channels than a block: per tap, a loop over channel blocks
-                    dk = tl.zeros([SIB, BW, SP], dtype=ACC)
-                    for c0 in range(0, C, BLOCK_C):
-                        c, c_ok = _channels(c0 // BLOCK_C, C, BLOCK_C, C_STATIC)
-                        c = c[:, None, None, None]
-                        gv = _load_hr(g_rows + c * sgc, sgw, w0, W, BLOCK_C, SIB, BW, S, SP, E, LANES, MASKED, ACC)
-                        if MASKED:
-                            xv = tl.load(x_pix + c * sxc + x_off, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
-                        else:
-                            xv = tl.load(x_pix + c * sxc + x_off)
-                        xv = _widen(xv, ACC)
-                        if C_STATIC != 0:
-                            xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
-                            gv = tl.where(c_ok[:, None, None, None], gv, 0.0)
-                        dk += tl.sum(xv * gv, axis=0)
-                _store_taps(d_pix, dk, dx, dy, sdc, g_ok, K, S, MASKED, SP == S)
+                x_tap = x_chan + (dy - P) * sxh + (dx - P) * sxw
+                if MASKED:
+                    xv = tl.load(x_tap, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
+                else:
+                    xv = tl.load(x_tap)
+                if C_STATIC != 0:  # constants per register: folds away
+                    xv = tl.where(c_ok[:, None, None, None], xv, 0.0)
+                _store_taps(d_pix, tl.sum(_widen(xv, ACC) * g_all, axis=0), dx, dy, sdc, g_ok, K, S, MASKED, SP == S)
         else:  # taps reading rows outside the image: zero
             for dx in tl.static_range(K):
                 _store_taps(d_pix, tl.zeros([SIB, BW, SP], dtype=ACC), dx, dy, sdc, g_ok, K, S, MASKED, SP == S)
+
+
+@triton.jit
+def _dk_depthwise_loop_kernel(
+    x_ptr, g_ptr, dk_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    sgn, sgc, sgh, sgw,
+    sdn, sdc, sdh, sdw,
+    n_tb, n_sb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, TR: tl.constexpr, TP: tl.constexpr,
+    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, MASKED: tl.constexpr, ACC: tl.constexpr,
+    IDX: tl.constexpr,
+):
+    # The same dK for more channels than registers hold next to grad_out: the program keeps every tap of TR rows of
+    # taps (tap block tb) and every sub-pixel of SIB sub-pixel rows in registers ([TP, SIB, BW, SP], tap a = row
+    # a // K of the block, column a % K) and loops over the channels once, so each grad_out and x value is loaded
+    # once per program. x rows outside the image are read clamped and their taps zeroed at the store.
+    P: tl.constexpr = (K - 1) // 2
+    n, tb, sb, h, w0 = _program(n_tb, n_sb, H, first, count, skip_at, skip, BW)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
+    sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
+    a = tl.arange(0, TP)[:, None, None, None]
+    dy = tb * TR + a // K
+    dx = a % K
+    row = h + dy - P
+    tap_ok = (a < TR * K) & (dy < K) & (row >= 0) & (row < H)
+    i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
+    w = w0 + tl.arange(0, BW)[None, None, :, None]
+    j = tl.arange(0, SP)[None, None, None, :]
+    x_pix = x_ptr + n * sxn + tl.minimum(tl.maximum(row, 0), H - 1) * sxh + (w + dx - P) * sxw
+    g_rows = g_ptr + n * sgn + (S * h + tl.minimum(i, S - 1)) * sgh
+    acc = tl.zeros([TP, SIB, BW, SP], dtype=ACC)
+    for ch in range(C):
+        gv = _load_hr(g_rows + ch * sgc, sgw, w0, W, 1, SIB, BW, S, SP, E, LANES, MASKED, ACC)
+        if MASKED:
+            xv = tl.load(x_pix + ch * sxc, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
+        else:
+            xv = tl.load(x_pix + ch * sxc)
+        acc += _widen(xv, ACC) * gv
+    ok = (a < TR * K) & (dy < K) & (w < W) & (i < S) & (j < S)
+    d_tap = dk_ptr + n * sdn + h * sdh + w * sdw + ((dx * K + dy) * (S * S) + i * S + j) * sdc
+    tl.store(d_tap, tl.where(tap_ok, acc, 0.0).to(dk_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -573,31 +599,57 @@ def _rows_aligned(*tensors: torch.Tensor) -> bool:
     return all(st % 16 == 0 or size == 1 for t in tensors for size, st in zip(t.shape[:-1], t.stride()[:-1]))
 
 
+# Registers of the grad-kernels channel-loop kernel per thread: accumulators (taps x real sub-pixels) and taps (each
+# keeps a 64-bit x pointer and its loaded value across the loop)
+_DK_LOOP_ACC = 100
+_DK_LOOP_TAPS = 32
+
+
+def _dk_loop_tile(scale: int, kernel_size: int, on_gpu: bool) -> tuple[int, int]:
+    """(TR, SIB) of a :func:`_dk_depthwise_loop_kernel` program (one LR column per thread): rows of taps and
+    sub-pixel rows it holds, all of them under the interpreter. On a GPU the most sub-pixel rows that hold one row of
+    taps (each x load then feeds SIB * s multiply-adds), then as many tap rows as fit; fewer tap rows re-read
+    grad_out (from L2: the tap blocks of a pixel are neighbouring programs)."""
+    sp = triton.next_power_of_2(scale)
+    if not on_gpu:
+        return kernel_size, sp
+    sib = sp
+    while sib > 1 and kernel_size * min(sib, scale) * scale > _DK_LOOP_ACC:
+        sib //= 2
+    per_row = kernel_size * min(sib, scale) * scale
+    return max(1, min(kernel_size, _DK_LOOP_ACC // per_row, _DK_LOOP_TAPS // kernel_size)), sib
+
+
 def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, sub_rows, channel_sum=False,
                       run_bytes=None, acc=_ACC_PER_THREAD):  # fmt: skip
     """Launch a depthwise kernel on (a, b) -> out over every (sample, row, column block, channel block, sub-pixel-row
     block): interior and edge column blocks are two launches (:func:`_column_launches`). ``vec``: LR columns per
-    thread; ``sub_rows``: the kernel can split sub-pixel rows over programs; ``channel_sum``: it sums over channels
-    (one channel block per program, ONE_BLOCK when they fit in registers); ``run_bytes``: itemsize of the HR tensor
+    thread; ``sub_rows``: the kernel can split sub-pixel rows over programs; ``channel_sum``: it is grad-kernels,
+    which sums over channels (all of them in one block when they fit, else :func:`_dk_depthwise_loop_kernel`, one
+    column per thread, over blocks of tap rows instead of channel blocks); ``run_bytes``: itemsize of the HR tensor
     it moves in 16-byte runs (E); ``acc``: accumulator budget per thread (halved in edge blocks, whose masks and
     zero-filled loads need registers too)."""
     on_gpu = out.device.type != "cpu"
     sp = triton.next_power_of_2(scale)
     if not _rows_aligned(a, b, out):  # no vector loads possible: one column per thread
         vec = 1
+    loop = channel_sum and c > _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc)[0]
+    if loop:
+        kernel, vec = _dk_depthwise_loop_kernel, 1
     for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
-        edge_acc = acc // 2 if sp < 4 else acc // 4
-        block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, edge_acc if masked and not channel_sum else acc)
-        if channel_sum and c > block_c:  # grad_out re-loaded per tap and channel block: registers for two tiles
-            block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc // 4 if masked else acc // 2)
-        n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
         constants = dict(
-            K=kernel_size, S=scale, SP=sp, SIB=sib, BLOCK_C=block_c, BW=_LANES * vec, LANES=_LANES,
-            C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1), MASKED=masked,
+            K=kernel_size, S=scale, SP=sp, BW=_LANES * vec, LANES=_LANES, MASKED=masked,
             ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out),
         )  # fmt: skip
-        if channel_sum:
-            constants["ONE_BLOCK"] = c <= block_c
+        if loop:
+            tap_rows, sib = _dk_loop_tile(scale, kernel_size, on_gpu)
+            n_cb = triton.cdiv(kernel_size, tap_rows)
+            constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
+        else:
+            edge_acc = acc // 2 if sp < 4 else acc // 4
+            block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc if channel_sum or not masked else edge_acc)
+            n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
+            constants.update(SIB=sib, BLOCK_C=block_c, C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1))
         if run_bytes is not None:
             constants["E"] = min(16 // run_bytes, vec * scale) if sp == scale else 1
         grid = (out.shape[0] * h * count * (sp // sib) * n_cb,)

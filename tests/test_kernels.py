@@ -119,12 +119,15 @@ def test_mixed_dtypes_fp32_image_half_kernels(kernels_dtype, depthwise, c, s, k)
 
 @pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 32), (3, 3, 11)])
 def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
-    """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one, interior column blocks
-    (the unmasked launch) and edge blocks on both sides, and for the full mode small flattened-plane tiles. W = 32:
-    rows on 16 bytes, several columns per thread; W = 11: one column per thread."""
+    """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one (grad-kernels: blocks of
+    tap rows), interior column blocks (the unmasked launch) and edge blocks on both sides, and for the full mode
+    small flattened-plane tiles. W = 32: rows on 16 bytes, several columns per thread; W = 11: one column per
+    thread."""
     monkeypatch.setattr(df, "_LANES", 2)  # blocks of 2 * (16 bytes / itemsize) columns
     sub_rows = lambda scale, split: 1 if split else triton.next_power_of_2(scale)  # noqa: E731
     monkeypatch.setattr(df, "_depthwise_tile", lambda c, scale, vec, split, on_gpu, acc=0: (2, sub_rows(scale, split)))
+    # grad-kernels (3 channels > 2: its channel-loop kernel) over blocks of 2 tap rows, the last one ragged
+    monkeypatch.setattr(df, "_dk_loop_tile", lambda scale, kernel_size, on_gpu: (2, 1))
     monkeypatch.setattr(df, "_full_tile", lambda channels, plane, on_gpu: (2, 32, 1))
     for depthwise in (True, False):
         kk = k if depthwise else 1
@@ -145,7 +148,13 @@ def test_every_output_element_is_written(depthwise):
     y = df.dynamic_filter_forward(x, kern, s, k, depthwise, out=poisoned(ref_y.shape))
     dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, out=poisoned(ref_dx.shape))
     dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, out=poisoned(ref_dk.shape))
-    for got, ref in ((y, ref_y), (dx, ref_dx), (dk, ref_dk)):
+    outputs = [(y, ref_y), (dx, ref_dx), (dk, ref_dk)]
+    if depthwise:  # grad-kernels' channel-loop kernel too, over blocks of 2 tap rows (the last one ragged)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)
+            mp.setattr(df, "_dk_loop_tile", lambda scale, kernel_size, on_gpu: (2, 1))
+            outputs.append((df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape)), ref_dk))
+    for got, ref in outputs:
         assert torch.isfinite(got).all()
         assert rel_err(got, ref) <= TOL[torch.float32]
 
@@ -196,9 +205,10 @@ def test_opcheck():
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
 @pytest.mark.parametrize("huge_dim", ["sample", "channel"])
-def test_int64_offsets_without_allocating(huge_dim):
+def test_int64_offsets_without_allocating(monkeypatch, huge_dim):
     """Sample or channel strides of 2**30+3 elements put data past 2**31 elements (8 GiB of float32) from the
-    base pointer. A sparse memory-mapped file holds them: only the touched pages get memory."""
+    base pointer. A sparse memory-mapped file holds them: only the touched pages get memory. grad-kernels runs both
+    its kernels (all channels in one block, and the channel loop)."""
     big = 2**30 + 3
     n, c, h, w, s, k = (3, 2, 4, 5, 2, 3) if huge_dim == "sample" else (1, 3, 4, 5, 2, 3)
     stride = (big, h * w, w, 1) if huge_dim == "sample" else (0, big, w, 1)
@@ -217,16 +227,18 @@ def test_int64_offsets_without_allocating(huge_dim):
         # dx is written through the same huge strides, into storage beside x's
         dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=storage.as_strided(x.shape, stride, 1000))
         errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
+        monkeypatch.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)  # fewer than c: the channel-loop kernel
+        errs.append(rel_err(df.dynamic_filter_grad_kernels(grad_out, x, s, k, True), ref_dk))
         del x, dx, storage
     assert max(errs) <= TOL[torch.float32], errs
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
 @pytest.mark.parametrize(("s", "k"), [(2, 1), (3, 3)])
-def test_int64_kernels_channel_stride_without_allocating(s, k):
+def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k):
     """A kernels channel stride of 2**30+3 elements with s >= 2: sub-pixel and tap channel offsets pass 2**31
     elements, for the forward, grad-x (which reads kernels) and grad-kernels (which writes through the same
-    strides). Regression: grad-x computed ``(i*S + j) * skc`` in int32 and read out of bounds."""
+    strides; both its kernels). Regression: grad-x computed ``(i*S + j) * skc`` in int32 and read out of bounds."""
     big = 2**30 + 3
     n, c, h, w = 1, 2, 3, 4
     kc = kernel_channels(c, s, k, True)
@@ -244,9 +256,13 @@ def test_int64_kernels_channel_stride_without_allocating(s, k):
         y = df.dynamic_filter_forward(x, kern, s, k, True)
         dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True)
         # dkernels goes into the same storage, beside kernels, through the same huge strides
-        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=storage.as_strided(kern.shape, stride, h * w))
+        dk_out = storage.as_strided(kern.shape, stride, h * w)
+        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out)
         errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
-        del kern, dk, storage
+        dk_out.fill_(float("nan"))
+        monkeypatch.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)  # fewer than c: the channel-loop kernel
+        errs.append(rel_err(df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out), ref_dk))
+        del kern, dk, dk_out, storage
     assert max(errs) <= TOL[torch.float32], errs
 
 
