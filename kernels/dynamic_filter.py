@@ -33,8 +33,8 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
 * Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
   not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
   each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
-  stores along w: 16 bytes, 8 for 16-bit kernels). More channels than a block: per tap, a loop over channel
-  blocks.
+  stores along w: 16 bytes, 8 for 16-bit kernels). More channels than a block (:func:`_dk_depthwise_loop_kernel`):
+  one LR column per thread keeps every tap and sub-pixel of its pixel in registers and loops over the channels once.
 * s = 3 pads the sub-pixel axes to 4: the padding sub-pixels read a real one and are never stored (grad-x, which
   sums over sub-pixels, zeroes them with constant masks that fold away). When rows do not start on 16 bytes (widths
   that are not multiples of 16 elements) no vector access exists and a thread takes one column.

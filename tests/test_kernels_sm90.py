@@ -32,6 +32,7 @@ CASES = {  # LR shapes; W = 320: rows on 16 bytes (vector loads), W = 300: not (
     "rgb-s2k5-fp32": _case([1, 3, 8, 320], 2, 5, "fp32"),
     "rgb-s3k3-fp32-x-bf16-kernels": _case([1, 3, 8, 320], 3, 3, "fp32", "bf16"),
     "feat64-s4k3-fp16": _case([1, 64, 8, 320], 4, 3, "fp16"),
+    "c8-s2k7-bf16": _case([1, 8, 8, 320], 2, 7, "bf16"),  # grad-kernels' channel loop over 3 blocks of tap rows
     "rgb-s1k9-bf16-unaligned-rows": _case([1, 3, 8, 300], 1, 9, "bf16"),
     "c6-s2k3-fp16-unaligned-rows": _case([1, 6, 8, 300], 2, 3, "fp16"),
     "rgb-s2k3-fp32-channels-last": _case([1, 3, 8, 320], 2, 3, "fp32", channels_last=True),
