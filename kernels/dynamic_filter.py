@@ -150,6 +150,30 @@ def _from_runs(t, BLOCK_C: tl.constexpr, SIB: tl.constexpr, BW: tl.constexpr, S:
     return tl.reshape(t, [BLOCK_C, SIB, BW, S])
 
 
+# Triton's coalescing gives a load's lanes to its axes of equal contiguity in an order that changed between versions:
+# triton 3.6 (the H200 machine's) first axis first, 3.9 last axis first. A run tile [C, SIB, G, LANES, E] must have
+# every lane on LANES for the relabelling to the accumulator's layout to stay in registers; 3.6 needs that axis first.
+_RUN_LANES_FIRST = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2]) <= (3, 6))
+
+
+@triton.jit
+def _load_runs(ptr, mask, MASKED: tl.constexpr):
+    """Load a [C, SIB, G, LANES, E] run tile (:func:`_to_runs`), zero where ``mask`` is false (MASKED), with the lanes
+    on the LANES axis under every Triton version (see ``_RUN_LANES_FIRST``). Without it, triton 3.6's grad-x put
+    one shared-memory round trip and barrier into every tap."""
+    if _RUN_LANES_FIRST:
+        if MASKED:
+            mask = tl.permute(tl.broadcast_to(mask, ptr.shape), [3, 0, 1, 2, 4])
+        ptr = tl.permute(ptr, [3, 0, 1, 2, 4])
+    if MASKED:
+        v = tl.load(ptr, mask=mask, other=0.0)
+    else:
+        v = tl.load(ptr)
+    if _RUN_LANES_FIRST:
+        v = tl.permute(v, [1, 2, 3, 0, 4])
+    return v
+
+
 @triton.jit
 def _run_columns(w0, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr, LANES: tl.constexpr):
     """HR column of each element of a [G, LANES, E] run tile of the block starting at LR column w0 (see
@@ -259,13 +283,13 @@ def _dx_depthwise_kernel(
                     ok = (x - dx + P >= 0) & (x - dx + P < W)
                     wt = tl.load(k_tap, mask=ok, other=0.0)
                     if SP == S:
-                        gv = tl.load(g_tap, mask=(q + S * (P - dx) >= 0) & (q + S * (P - dx) < S * W), other=0.0)
-                        gv = _from_runs(gv, BLOCK_C, SP, BW, S, E, LANES)
+                        ok_q = (q + S * (P - dx) >= 0) & (q + S * (P - dx) < S * W)
+                        gv = _from_runs(_load_runs(g_tap, ok_q, True), BLOCK_C, SP, BW, S, E, LANES)
                     else:
                         gv = tl.load(g_tap, mask=ok, other=0.0)
                 elif SP == S:
                     wt = tl.load(k_tap)
-                    gv = _from_runs(tl.load(g_tap), BLOCK_C, SP, BW, S, E, LANES)
+                    gv = _from_runs(_load_runs(g_tap, None, False), BLOCK_C, SP, BW, S, E, LANES)
                 else:
                     wt = tl.load(k_tap)
                     gv = tl.load(g_tap)

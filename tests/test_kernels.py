@@ -134,6 +134,14 @@ def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
         check_against_reference(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32)
 
 
+@pytest.mark.parametrize("lanes_first", [True, False])
+def test_grad_x_run_tile_order(monkeypatch, lanes_first):
+    """grad-x loads grad_out as 16-byte runs with the lanes axis first or last, whichever puts the lanes on it under
+    the installed Triton (3.6 and 3.9 differ); both orders give the reference, masked edge blocks included."""
+    monkeypatch.setattr(df, "_RUN_LANES_FIRST", triton.language.constexpr(lanes_first))
+    check_against_reference(*make_inputs(1, 3, 3, 272, 2, 5, True), 2, 5, True, torch.float32)
+
+
 @pytest.mark.parametrize("depthwise", [True, False])
 def test_every_output_element_is_written(depthwise):
     """NaN-filled, non-contiguous ``out`` buffers: any element the kernels skip stays NaN."""
