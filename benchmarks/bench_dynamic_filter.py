@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from udvd_triton.kernels import dynamic_filter as df
 from udvd_triton.ops import dynamic_filter, dynamic_filter_reference, kernel_channels
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--sets", type=int, default=3, help="input sets rotated between iterations (cold L2)")
+    parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES], help="only these cases (default: all)")
+    parser.add_argument(
+        "--maxnreg", nargs="+", type=int, default=[], metavar="N",
+        help="also time the Triton op with each register cap per thread (ptxas .maxnreg): rows 'triton@maxnreg=N'",
+    )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default: results/<device>-dynamic_filter.json)"
     )
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    cases = CASES[:1] if args.quick else CASES
+    cases = [c for c in CASES if c[0] in args.cases] if args.cases else CASES[:1] if args.quick else CASES
+    runs = [(impl, IMPLS[impl], None) for impl in args.impls]
+    runs += [(f"triton@maxnreg={n}", IMPLS["triton"], n) for n in args.maxnreg]
     warmup, iters = (3, 10) if args.quick else (args.warmup, args.iters)
     device = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -183,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             for backward in (False, True):
                 nbytes = traffic(n, c, h, w, s, k, depthwise, dtypes[0].itemsize, dtypes[1].itemsize, backward)
                 floor_ms = nbytes / bw * 1e3
-                for impl in args.impls:
+                for impl, fn, maxnreg in runs:
                     if impl == "unfold+compile":  # fresh compile per shape / dtype / pass: past dynamo's recompile
                         torch._dynamo.reset()  # limit (8) the compiled function would silently run eager
+                    df._MAX_REGISTERS = maxnreg
                     try:
-                        r = bench_one(IMPLS[impl], case, dtypes, backward, warmup, iters, args.sets)
+                        r = bench_one(fn, case, dtypes, backward, warmup, iters, args.sets)
                     except torch.cuda.OutOfMemoryError:
                         r = {"median_ms": None, "min_ms": None, "peak_extra_mib": None, "error": "out of memory"}
+                    finally:
+                        df._MAX_REGISTERS = None
                     torch.cuda.empty_cache()
                     ms = r["median_ms"]
                     rows.append({

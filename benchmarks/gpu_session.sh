@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu_session.sh                  # all parts, ~9 min on an H200
 #   PARTS="tests ncu" bash benchmarks/gpu_session.sh
+#   PARTS=maxnreg bash benchmarks/gpu_session.sh     # not in the default: the Triton op at 1080p under register caps
 #
 # The package's dependencies are expected installed, except pypng (16-bit colour PNGs), which the H200 image lacks:
 # its wheel in .whl/ (git-ignored; `pip download --no-deps -d .whl pypng`) is installed from there.
@@ -43,6 +44,12 @@ if has dynamic_filter; then
     timeout 150 python3 benchmarks/bench_dynamic_filter.py --dtypes fp32 bf16 --warmup 3 --iters 20 \
         --out "$OUT/dynamic_filter.json" > "$OUT/bench_dynamic_filter.log" 2>&1
     echo "exit $?"; grep "^|" "$OUT/bench_dynamic_filter.log" | grep -E "triton|---|case" | head -20
+fi
+if has maxnreg; then
+    stamp "bench_dynamic_filter: RGB 1920x1080 under register caps (more resident warps per SM)"
+    timeout 120 python3 benchmarks/bench_dynamic_filter.py --cases rgb-1920x1080 --impls triton --maxnreg 128 96 \
+        --dtypes fp32 bf16 fp32+bf16 --warmup 3 --iters 20 --out "$OUT/maxnreg.json" > "$OUT/maxnreg.log" 2>&1
+    echo "exit $?"; grep "^|" "$OUT/maxnreg.log"
 fi
 if has compare; then
     stamp "bench_upscale --compare"

@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a report and exit")
     parser.add_argument("--shapes", nargs="+", choices=[name for name, *_ in SHAPES], metavar="NAME",
                         help=f"only these shapes (default: all of {', '.join(name for name, *_ in SHAPES)})")
+    parser.add_argument("--maxnreg", type=int, help="build with this register cap per thread (ptxas .maxnreg)")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(args.table.read_text())["rows"]))
@@ -210,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
+    from udvd_triton.kernels import dynamic_filter as df
     from udvd_triton.kernels.cross_compile import OPS, build_cases, nvidia_backend_available
+
+    df._MAX_REGISTERS = args.maxnreg
 
     if not nvidia_backend_available():
         print("kernel_report.py needs Triton's NVIDIA backend (ptxas, cuobjdump)", file=sys.stderr)
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": triton.__version__,
         "ptxas": _ptxas_version(),
         "python": platform.python_version(),
+        "maxnreg": args.maxnreg,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

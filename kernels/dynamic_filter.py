@@ -584,6 +584,9 @@ def _index_dtype(*tensors: torch.Tensor) -> tl.dtype:
 # operation, so its channel blocks are as large as the problem.
 _ACC_PER_THREAD = 64
 _INTERPRETER_MAX_CHANNELS = 64
+# Register cap per thread for the depthwise kernels on a GPU (ptxas .maxnreg; None: ptxas chooses). A tuning hook for
+# the benchmarks (bench_dynamic_filter.py / kernel_report.py --maxnreg): fewer registers, more resident warps.
+_MAX_REGISTERS: int | None = None
 
 
 def _depthwise_tile(
@@ -680,6 +683,7 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
         kernel[grid](
             a, b, out, c, h, w, *a.stride(), *b.stride(), *out.stride(), n_cb, sp // sib, first, count, skip_at, skip,
             **constants, num_warps=1, num_stages=1, enable_fp_fusion=True,
+            **({"maxnreg": _MAX_REGISTERS} if _MAX_REGISTERS and on_gpu else {}),
         )  # fmt: skip
 
 
