@@ -399,7 +399,7 @@ def _dk_depthwise_loop_kernel(
     dy = tb * TR + a // K
     dx = a % K
     row = h + dy - P
-    tap_ok = (a < TR * K) & (dy < K) & (row >= 0) & (row < H)
+    tap = (a < TR * K) & (dy < K)  # the block's real taps (not padding, not past the last tap row)
     i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
     w = w0 + tl.arange(0, BW)[None, None, :, None]
     j = tl.arange(0, SP)[None, None, None, :]
@@ -413,9 +413,11 @@ def _dk_depthwise_loop_kernel(
         else:
             xv = tl.load(x_pix + ch * sxc)
         acc += _widen(xv, ACC) * gv
-    ok = (a < TR * K) & (dy < K) & (w < W) & (i < S) & (j < S)
     d_tap = dk_ptr + n * sdn + h * sdh + w * sdw + ((dx * K + dy) * (S * S) + i * S + j) * sdc
-    tl.store(d_tap, tl.where(tap_ok, acc, 0.0).to(dk_ptr.dtype.element_ty), mask=ok)
+    # tap and j < S in the where, not only in the store mask: constants per register for the padding taps and
+    # sub-pixel columns, so their loads and FMAs fold away (a masked store's value is kept alive whatever its mask)
+    out = tl.where(tap & (j < S) & (row >= 0) & (row < H), acc, 0.0).to(dk_ptr.dtype.element_ty)
+    tl.store(d_tap, out, mask=tap & (w < W) & (i < S) & (j < S))
 
 
 @triton.jit
@@ -663,14 +665,14 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     loop = channel_sum and c > _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc)[0]
     if loop:
         kernel, vec = _dk_depthwise_loop_kernel, 1
+        tap_rows, loop_sib = _dk_loop_tile(scale, kernel_size, on_gpu)
     for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
         constants = dict(
             K=kernel_size, S=scale, SP=sp, BW=_LANES * vec, LANES=_LANES, MASKED=masked,
             ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out),
         )  # fmt: skip
         if loop:
-            tap_rows, sib = _dk_loop_tile(scale, kernel_size, on_gpu)
-            n_cb = triton.cdiv(kernel_size, tap_rows)
+            sib, n_cb = loop_sib, triton.cdiv(kernel_size, tap_rows)
             constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
         else:
             edge_acc = acc // 2 if sp < 4 else acc // 4
