@@ -160,7 +160,7 @@ _RUN_LANES_FIRST = tl.constexpr(tuple(int(v) for v in triton.__version__.split("
 def _load_runs(ptr, mask, MASKED: tl.constexpr):
     """Load a [C, SIB, G, LANES, E] run tile (:func:`_to_runs`), zero where ``mask`` is false (MASKED), with the lanes
     on the LANES axis under every Triton version (see ``_RUN_LANES_FIRST``). Without it, triton 3.6's grad-x put
-    one shared-memory round trip and barrier into every tap."""
+    one shared-memory round trip and barrier into every tap. Every grad_out run tile is loaded through it."""
     if _RUN_LANES_FIRST:
         if MASKED:
             mask = tl.permute(tl.broadcast_to(mask, ptr.shape), [3, 0, 1, 2, 4])
@@ -313,11 +313,7 @@ def _load_hr(rows, col_stride, w0, W, BLOCK_C: tl.constexpr, SIB: tl.constexpr, 
     runs of HR columns (:func:`_to_runs`); s = 3 pads the sub-pixels to 4, the padding ones reading a real one."""
     if SP == S:
         q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
-        ptr = rows[:, :, :, :, None] + q * col_stride
-        if MASKED:
-            v = tl.load(ptr, mask=q < S * W, other=0.0)
-        else:
-            v = tl.load(ptr)
+        v = _load_runs(rows[:, :, :, :, None] + q * col_stride, q < S * W, MASKED)
         return _widen(_from_runs(v, BLOCK_C, SIB, BW, S, E, LANES), ACC)
     w = w0 + tl.arange(0, BW)[None, None, :, None]
     j = tl.minimum(tl.arange(0, SP), S - 1)[None, None, None, :]

@@ -135,9 +135,10 @@ def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
 
 
 @pytest.mark.parametrize("lanes_first", [True, False])
-def test_grad_x_run_tile_order(monkeypatch, lanes_first):
-    """grad-x loads grad_out as 16-byte runs with the lanes axis first or last, whichever puts the lanes on it under
-    the installed Triton (3.6 and 3.9 differ); both orders give the reference, masked edge blocks included."""
+def test_grad_out_run_tile_order(monkeypatch, lanes_first):
+    """grad-x and grad-kernels load grad_out as 16-byte runs with the lanes axis first or last, whichever puts the
+    lanes on it under the installed Triton (3.6 and 3.9 differ); both orders give the reference, masked edge blocks
+    included."""
     monkeypatch.setattr(df, "_RUN_LANES_FIRST", triton.language.constexpr(lanes_first))
     check_against_reference(*make_inputs(1, 3, 3, 272, 2, 5, True), 2, 5, True, torch.float32)
 
