@@ -43,7 +43,8 @@ from udvd_triton.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H200 = {"sms": 132, "issue_per_clock_per_sm": 4, "clock_hz": 1.98e9, "copy_bandwidth_bytes_per_s": 4.3e12,
-        "registers_per_sm": 65536, "max_blocks_per_sm": 32, "max_warps_per_sm": 64, "shared_bytes_per_sm": 228 * 1024}
+        "registers_per_sm": 65536, "max_blocks_per_sm": 32, "max_warps_per_sm": 64, "shared_bytes_per_sm": 228 * 1024,
+        "dense_16bit_mma_flops_per_s": 989e12}
 # (name, LR shape (N, C, H, W), scale, kernel size); all depthwise, as the model uses the op
 SHAPES = [
     ("rgb-1920x1080-k5-s2", (1, 3, 1080, 1920), 2, 5),
@@ -54,27 +55,45 @@ DTYPES = ("fp32", "bf16")
 OP_NAMES = {"forward": "fwd", "grad_x": "grad-x", "grad_kernels": "grad-kernels"}
 
 
+def _mma_rows(case: dict[str, Any], k: dict[str, Any]) -> float:
+    """Mean trips of a tensor-core program's loop over its rows (the last block of rows may be shorter)."""
+    h = case["shape"][2]
+    return h / math.ceil(h / k["ROWS"])
+
+
+def _mma_channel_loops(case: dict[str, Any], k: dict[str, Any]) -> list[int]:
+    """grad-kernels' loops over channel blocks, one per row of taps; none when one block holds every channel
+    (Triton compiles a trip count of 1 in)."""
+    blocks = math.ceil(case["shape"][1] / k["BLOCK_C"])
+    return [blocks] * k["K"] if blocks > 1 else []
+
+
 # Trip count of each loop the SASS of a kernel has, in address order, from the case and the kernel's constexprs
-# (the depthwise kernels unroll their taps; only grad-kernels with more channels than one block loops, over them).
-LoopTrips = Callable[[dict[str, Any], dict[str, Any]], list[int]]
+# (the depthwise kernels unroll their taps; grad-kernels with more channels than one block loops over them; the
+# tensor-core kernels loop over their rows).
+LoopTrips = Callable[[dict[str, Any], dict[str, Any]], list[float]]
 LOOP_TRIPS: dict[str, LoopTrips] = {
     "_fwd_depthwise_kernel": lambda case, k: [],
     "_dx_depthwise_kernel": lambda case, k: [],
     "_dk_depthwise_kernel": lambda case, k: [],
     "_dk_depthwise_loop_kernel": lambda case, k: [case["shape"][1]],
+    "_fwd_mma_kernel": lambda case, k: [_mma_rows(case, k)],
+    "_dx_mma_kernel": lambda case, k: [_mma_rows(case, k)],
+    "_dk_mma_kernel": lambda case, k: [_mma_rows(case, k), *_mma_channel_loops(case, k)],
 }
 
 
-def executed_instructions(row: dict[str, Any]) -> int:
-    """Instructions one warp of one program executes: each SASS instruction once per trip of every loop it is in."""
+def executed_instructions(row: dict[str, Any], key: str = "instructions") -> float:
+    """Instructions one warp of one program executes: each SASS instruction once per trip of every loop it is in.
+    ``key="mma_flops"``: the tensor-core operations those instructions do instead."""
     trips = LOOP_TRIPS[row["name"]](row["case"], row["constants"])
     if len(trips) != len(row["loops"]):
         raise RuntimeError(f"{row['name']}: {len(row['loops'])} loops in the SASS, the report expects {len(trips)}")
-    total = row["sass_instructions"]
+    total = row["sass_instructions" if key == "instructions" else key]
     # nested loops: an instruction in an inner loop is already counted once per trip of the outer one below
     for loop, n in zip(row["loops"], trips):
         outer = math.prod(t for other, t in zip(row["loops"], trips) if _contains(other, loop))
-        total += loop["instructions"] * (n - 1) * outer
+        total += loop[key] * (n - 1) * outer
     return total
 
 
@@ -129,6 +148,7 @@ def launch_facts(row: dict[str, Any]) -> dict[str, Any]:
         "loops": loops,
         "instructions_per_warp": per_warp,
         "warp_instructions": math.prod(row["grid"]) * row["num_warps"] * per_warp,
+        "mma_flops": math.prod(row["grid"]) * row["num_warps"] * executed_instructions(row, "mma_flops"),
         "resident_warps_per_sm": resident_warps(row["registers"], row["num_warps"], row["shared_bytes"]),
     }
 
@@ -156,6 +176,7 @@ def report_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "issue_bound_us_static_estimate": estimate_us,
         "bandwidth_floor_us": floor_us,
         "estimate_over_floor": estimate_us / floor_us,
+        "tensor_core_us_static_estimate": sum(lf["mma_flops"] for lf in launches) / H200["dense_16bit_mma_flops_per_s"] * 1e6,
     }
 
 
@@ -164,14 +185,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     SASS instructions (per loop: body instructions / barriers x trips)."""
     lines = [
         "| shape | dtype | kernel | launch: grid, regs, spills, global ld / st by bits, SASS (loop body / bar x trips) "
-        "| instr / FMA | issue est. us | floor us | est / floor |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| instr / FMA | issue est. us | tensor-core est. us | floor us | est / floor |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         parts = []
         for lf in r["launches"]:
             acc = " ".join(f"{k}x{v}" for k, v in lf["global_accesses"].items())
-            body = "; ".join(f"{lp['instructions']}/{lp['barriers']} x{lp['trips']}" for lp in lf["loops"])
+            body = "; ".join(f"{lp['instructions']}/{lp['barriers']} x{lp['trips']:.3g}" for lp in lf["loops"])
             edge = " edge" if lf["constants"].get("MASKED") else ""
             warps = lf.get("resident_warps_per_sm") or resident_warps(lf["registers"], lf["num_warps"],
                                                                       lf["shared_bytes"])  # older JSON: derived
@@ -180,10 +201,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 f"spills, {acc}, "
                 f"{lf['sass_instructions']} SASS{f' ({body})' if body else ''}, {lf['barriers']} bar"
             )
+        tc = r.get("tensor_core_us_static_estimate")  # older JSON: none
         lines.append(
             f"| {r['shape']} | {r['dtype']} | {r['op']} | {'<br>'.join(parts)} | "
             f"{r['thread_instructions_per_useful_fma']:.2f} | {r['issue_bound_us_static_estimate']:.0f} | "
-            f"{r['bandwidth_floor_us']:.0f} | {r['estimate_over_floor']:.2f} |"
+            f"{f'{tc:.1f}' if tc else '-'} | {r['bandwidth_floor_us']:.0f} | {r['estimate_over_floor']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -149,6 +149,13 @@ def global_access_widths(instructions: list[tuple[int, str, str]]) -> dict[str, 
     return dict(sorted(counts.items()))
 
 
+def mma_flops(opcode: str) -> int:
+    """Floating-point operations of one warp's tensor-core instruction (``HMMA.16816...``: m16 n8 k16, 2 per
+    multiply-add); 0 for anything else."""
+    m = re.match(r"HMMA\.(16)(8)(8|16)\.", opcode)
+    return 2 * int(m[1]) * int(m[2]) * int(m[3]) if m else 0
+
+
 # ---- launching on meta tensors ---------------------------------------------------------------------------------------
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -208,6 +215,7 @@ def kernel_facts(kernel) -> dict[str, Any]:
             {
                 "instructions": sum(1 for a, _, _ in ins if first <= a <= last),
                 "barriers": sum(1 for a, op, _ in ins if first <= a <= last and op.startswith("BAR")),
+                "mma_flops": sum(mma_flops(op) for a, op, _ in ins if first <= a <= last),
                 "first": first,
                 "last": last,
             }
@@ -217,6 +225,7 @@ def kernel_facts(kernel) -> dict[str, Any]:
         "global_accesses": global_access_widths(ins),
         "shared_accesses": {op: n for op, n in sorted(ops.items()) if op in ("LDS", "STS", "LDSM", "STSM")},
         "ffma": ops["FFMA"],
+        "mma_flops": sum(mma_flops(op) for _, op, _ in ins),
     }
 
 

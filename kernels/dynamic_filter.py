@@ -41,6 +41,20 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
 * Register budgets (:func:`_depthwise_tile`, the launchers) keep every build spill-free; tests/test_kernels_sm90.py
   compiles the specialisation families for sm_90 in CI and benchmarks/kernel_report.py reports the rest.
 
+Tensor-core kernels (16-bit x and kernels of one dtype, C >= 16)
+---------------------------------------------------------------
+With many channels in bf16 / fp16 the multiply-adds, not the bytes, bound the CUDA-core kernels (at C = 64, 1,600
+FMA per HR pixel against ~1,630 issue slots at the bandwidth floor). The pixels of a block share nothing but their
+channels, so per LR row of taps the work is a product over a band matrix: a window of UX LR columns of x
+(``[C, UX]``, one row of the image) times ``B[u, (i, q, j)] = K[(dx*K + dy)*s*s + i*s + j, h, w0 + q]`` for the tap
+``dx = u - q + p - OFF`` of each of P pixels (zero off the band), ``tl.dot`` with fp32 accumulation. Grad-x is the
+transposed band over a window of grad_out (rows dy and sub-pixel rows i), grad-kernels the same product with the
+band *stored*: ``R = x_window^T @ grad_out`` summed over channel blocks, whose band entries are dK. Most of each
+product is zeros of the band (5 of 16 rows at k=5): tensor cores have the rate to spare (~5 us of their time for
+~25 us of bytes at C=64, 480x270), and the band costs no memory traffic, only a masked gather of the kernels tile.
+Windows start OFF (p rounded up to 4) columns left of the block so that x / grad_out rows load as 8- or 16-byte
+vectors; programs loop over 8 rows; rows outside the image are read clamped and their band zeroed.
+
 Full mode (depthwise=False) keeps the simpler flattened-plane kernels with run-time tap and channel loops: the
 model does not use it, and its per-pixel C x C matrices make it compute-heavy rather than bandwidth-bound.
 
@@ -428,6 +442,191 @@ def _store_taps(d_pix, dk, dx: tl.constexpr, dy: tl.constexpr, sdc, ok, K: tl.co
         tl.store(d_tap, out)
 
 
+# ---- depthwise kernels on tensor cores (16-bit x and kernels, C >= 16) ---------------------------------------------
+
+
+# The interpreter multiplies bf16 tiles as raw integers: there the tensor-core kernels widen them to fp32 first (exact
+# values, the same products); compiled, tl.dot takes them as they are.
+_INTERPRET_CONST = tl.constexpr(_INTERPRET)
+
+
+@triton.jit
+def _dot(a, b, acc):
+    """acc + a @ b with fp32 accumulation."""
+    if _INTERPRET_CONST and a.dtype == tl.bfloat16:
+        a, b = _widen(a, tl.float32), _widen(b, tl.float32)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _mma_program(n_cb, n_rb, H, first, count, skip_at, skip, ROWS: tl.constexpr, P: tl.constexpr):
+    """Decode the flat grid of a tensor-core program: (sample as int64, channel block, first row, end row, first
+    column), for ROWS consecutive LR rows and P consecutive LR columns (see :func:`_program`)."""
+    n, cb, _, rb, w0 = _program(n_cb, 1, n_rb, first, count, skip_at, skip, P)
+    return n, cb, rb * ROWS, tl.minimum(rb * ROWS + ROWS, H), w0
+
+
+@triton.jit
+def _mma_band(w0, W, P: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, UX: tl.constexpr, OFF: tl.constexpr,
+              K: tl.constexpr):
+    """Index tensors of the band matrix [UX, SP*P*SP] that turns a row of a window of UX LR columns (column
+    ``w0 - OFF + u``) into the taps of P pixels ``w0 + q`` (columns ordered (i, q, j), sub-pixel i*S + j): the tap
+    column dx of (u, column), the sub-pixel clamped to a real one, whether the entry is a real tap of a real
+    sub-pixel; per column: its HR row in the block (i, clamped), HR column, q, and whether it is a real output."""
+    PAD: tl.constexpr = (K - 1) // 2
+    col = tl.arange(0, SP * P * SP)
+    i, q, j = col // (P * SP), (col // SP) % P, col % SP
+    dx = tl.arange(0, UX)[:, None] - q[None, :] + (PAD - OFF)
+    sub = (tl.minimum(i, S - 1) * S + tl.minimum(j, S - 1))[None, :]
+    real = (i < S) & (j < S) & (w0 + q < W)
+    ok = (dx >= 0) & (dx < K) & real[None, :]
+    if SP == S:  # written so that the compiler sees runs of P*S consecutive HR columns: vector loads and stores
+        hr = S * w0 + col % (P * S)
+    else:
+        hr = S * (w0 + q) + tl.minimum(j, S - 1)
+    return dx, sub, ok, tl.minimum(i, S - 1), hr, q, real
+
+
+@triton.jit
+def _fwd_mma_kernel(
+    x_ptr, k_ptr, y_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    skn, skc, skh, skw,
+    syn, syc, syh, syw,
+    n_cb, n_rb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, P: tl.constexpr, UX: tl.constexpr, OFF: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, MASKED: tl.constexpr, IDX: tl.constexpr,
+):
+    # Per LR row h and row of taps dy, the block's outputs are one matrix product: y[c, (i, q, j)] += x[c, window
+    # column u] @ B[u, (i, q, j)], B the band of the kernels (B[u, (i, q, j)] = K[(dx*K + dy)*S*S + i*S + j, h,
+    # w0 + q] where dx = u - q + PAD - OFF is a tap). Rows of x outside the image are read clamped, their B zeroed.
+    PAD: tl.constexpr = (K - 1) // 2
+    n, cb, h0, h1, w0 = _mma_program(n_cb, n_rb, H, first, count, skip_at, skip, ROWS, P)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
+    syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = (c < C)[:, None]
+    c = tl.minimum(c, C - 1)[:, None]  # padding channels read a real one and are not stored
+    col = w0 - OFF + tl.arange(0, UX)[None, :]
+    dx, sub, b_ok, i, hr, q, real = _mma_band(w0, W, P, S, SP, UX, OFF, K)
+    x_pix = x_ptr + n * sxn + c * sxc + col * sxw
+    k_pix = k_ptr + n * skn + (w0 + q)[None, :] * skw + (dx * K * S * S + sub) * skc
+    y_pix = y_ptr + n * syn + c * syc + i[None, :] * syh + hr[None, :] * syw
+    y_ok = c_ok & real[None, :]
+    for h in tl.range(h0, h1):
+        acc = tl.zeros([BLOCK_C, SP * P * SP], dtype=tl.float32)
+        for dy in tl.static_range(K):
+            row = h + dy - PAD
+            # one scalar offset per load: a single multiply-add per element forms its address
+            x_row = x_pix + tl.minimum(tl.maximum(row, 0), H - 1) * sxh
+            if MASKED:
+                a = tl.load(x_row, mask=(col >= 0) & (col < W), other=0.0)
+            else:
+                a = tl.load(x_row)
+            b = tl.load(k_pix + (h * skh + (dy * S * S) * skc), mask=b_ok, other=0.0)
+            acc = _dot(a, tl.where((row >= 0) & (row < H), b, 0.0), acc)
+        tl.store(y_pix + (S * h) * syh, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
+
+
+@triton.jit
+def _dx_mma_kernel(
+    g_ptr, k_ptr, dx_ptr,
+    C, H, W,
+    sgn, sgc, sgh, sgw,
+    skn, skc, skh, skw,
+    sdn, sdc, sdh, sdw,
+    n_cb, n_rb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, P: tl.constexpr, UX: tl.constexpr, OFF: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, MASKED: tl.constexpr, IDX: tl.constexpr,
+):
+    # dx[c, y, x0 + q] = sum over taps of the LR pixels (h, w) that read it: per row of taps dy (source row
+    # h = y - dy + PAD) and sub-pixel row i, a product grad_out[c, (u, j)] @ B[(u, j), q] over a window of UX source
+    # columns w = x0 - OFF + u and their sub-pixel columns j, B[(u, j), q] = K[(dx*K + dy)*S*S + i*S + j, h, w]
+    # where dx = q - u + OFF + PAD is a tap (the transposed band of the forward).
+    PAD: tl.constexpr = (K - 1) // 2
+    n, cb, y0, y1, x0 = _mma_program(n_cb, n_rb, H, first, count, skip_at, skip, ROWS, P)
+    sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
+    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
+    sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = (c < C)[:, None]
+    c = tl.minimum(c, C - 1)[:, None]
+    kk = tl.arange(0, UX * SP)  # (u, j): with SP == S consecutive HR columns from S*(x0 - OFF)
+    u, j = kk // SP, kk % SP
+    w = x0 - OFF + u
+    q = tl.arange(0, P)
+    dx = q[None, :] - u[:, None] + (OFF + PAD)
+    b_ok = (dx >= 0) & (dx < K) & (j < S)[:, None]
+    if MASKED:
+        b_ok = b_ok & ((w >= 0) & (w < W))[:, None]
+    if SP == S:  # consecutive HR columns, as the compiler sees them: vector loads
+        g_pix = g_ptr + n * sgn + c * sgc + (S * (x0 - OFF) + kk)[None, :] * sgw
+    else:
+        g_pix = g_ptr + n * sgn + c * sgc + (S * w + tl.minimum(j, S - 1))[None, :] * sgw
+    k_pix = k_ptr + n * skn + w[:, None] * skw + (dx * K * S * S + tl.minimum(j, S - 1)[:, None]) * skc
+    d_pix = dx_ptr + n * sdn + c * sdc + (x0 + q)[None, :] * sdw
+    for y in tl.range(y0, y1):
+        acc = tl.zeros([BLOCK_C, P], dtype=tl.float32)
+        for dy in tl.static_range(K):
+            h = y - dy + PAD
+            hc = tl.minimum(tl.maximum(h, 0), H - 1)
+            for i in tl.static_range(S):
+                g_row = g_pix + (S * hc + i) * sgh
+                if MASKED:
+                    g = tl.load(g_row, mask=((w >= 0) & (w < W))[None, :], other=0.0)
+                else:
+                    g = tl.load(g_row)
+                b = tl.load(k_pix + (hc * skh + (dy * S * S + i * S) * skc), mask=b_ok, other=0.0)
+                acc = _dot(g, tl.where((h >= 0) & (h < H), b, 0.0), acc)
+        tl.store(d_pix + y * sdh, acc.to(dx_ptr.dtype.element_ty), mask=c_ok & (x0 + q < W)[None, :])
+
+
+@triton.jit
+def _dk_mma_kernel(
+    x_ptr, g_ptr, dk_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    sgn, sgc, sgh, sgw,
+    sdn, sdc, sdh, sdw,
+    n_cb, n_rb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, P: tl.constexpr, UX: tl.constexpr, OFF: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, MASKED: tl.constexpr, IDX: tl.constexpr,
+):
+    # dK of the block's pixels, per row of taps dy: R[u, (i, q, j)] = sum_c x[c, h + dy - PAD, u]^T @ grad_out[c,
+    # (i, q, j)] over blocks of channels (n_cb of them, a loop), whose band entries (dx = u - q + PAD - OFF a tap)
+    # are dK[(dx*K + dy)*S*S + i*S + j, h, w0 + q]: the forward's band, stored instead of loaded.
+    PAD: tl.constexpr = (K - 1) // 2
+    n, _, h0, h1, w0 = _mma_program(1, n_rb, H, first, count, skip_at, skip, ROWS, P)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
+    sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
+    c = tl.arange(0, BLOCK_C)[:, None]
+    col = w0 - OFF + tl.arange(0, UX)[None, :]
+    dx, sub, d_ok, i, hr, q, real = _mma_band(w0, W, P, S, SP, UX, OFF, K)
+    x_pix = x_ptr + n * sxn + c * sxc + col * sxw
+    g_pix = g_ptr + n * sgn + c * sgc + i[None, :] * sgh + hr[None, :] * sgw
+    d_pix = dk_ptr + n * sdn + (w0 + q)[None, :] * sdw + (dx * K * S * S + sub) * sdc
+    g_ok = real[None, :]
+    for h in tl.range(h0, h1):
+        for dy in tl.static_range(K):
+            row = h + dy - PAD
+            x_row = x_pix + tl.minimum(tl.maximum(row, 0), H - 1) * sxh
+            acc = tl.zeros([UX, SP * P * SP], dtype=tl.float32)
+            for cb in tl.range(0, n_cb):
+                c0 = cb * BLOCK_C
+                if MASKED:  # x and grad_out are zero outside the image: both enter the channel sum
+                    a = tl.load(x_row + c0 * sxc, mask=(c0 + c < C) & (col >= 0) & (col < W), other=0.0)
+                    g = tl.load(g_pix + (c0 * sgc + (S * h) * sgh), mask=(c0 + c < C) & g_ok, other=0.0)
+                else:
+                    a = tl.load(x_row + c0 * sxc, mask=c0 + c < C, other=0.0)
+                    g = tl.load(g_pix + (c0 * sgc + (S * h) * sgh), mask=c0 + c < C, other=0.0)
+                acc = _dot(tl.trans(a), g, acc)
+            acc = tl.where((row >= 0) & (row < H), acc, 0.0)
+            tl.store(d_pix + (h * sdh + (dy * S * S) * sdc), acc.to(dk_ptr.dtype.element_ty), mask=d_ok)
+
+
 # ---- full-mode kernels ---------------------------------------------------------------------------------------------
 
 
@@ -606,14 +805,13 @@ def _depthwise_tile(
     return block_c, sib
 
 
-def _column_launches(width: int, vec: int, pad: int) -> list[tuple[int, int, int, int, bool]]:
-    """(first, count, skip_at, skip, masked) of the launches that cover a row with blocks of LANES * vec columns (see
-    :func:`_program`): the interior blocks, every tap of every pixel inside the image, no masks; and the edge
-    blocks at both ends, with masks."""
-    block = _LANES * vec
+def _column_launches(width: int, block: int, left: int, reach: int) -> list[tuple[int, int, int, int, bool]]:
+    """(first, count, skip_at, skip, masked) of the launches that cover a row with blocks of ``block`` columns (see
+    :func:`_program`): the interior blocks, whose columns ``w0 - left`` to ``w0 + reach - 1`` (every column their
+    programs read or write) lie inside the image, without masks; and the edge blocks at both ends, with masks."""
     n = triton.cdiv(width, block)
-    lo = min(n, triton.cdiv(pad, block))  # first block with w0 >= pad
-    hi = max(lo, (width - pad) // block)  # blocks before it end at least pad columns before the right edge
+    lo = min(n, triton.cdiv(left, block))  # first block with w0 >= left
+    hi = max(lo, min(n, (width - reach) // block + 1))  # blocks before it end inside the image
     launches = [(lo, hi - lo, hi - lo, 0, False), (0, lo + n - hi, lo, hi - lo, True)]
     return [launch for launch in launches if launch[1] > 0]
 
@@ -662,7 +860,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     if loop:
         kernel, vec = _dk_depthwise_loop_kernel, 1
         tap_rows, loop_sib = _dk_loop_tile(scale, kernel_size, on_gpu)
-    for first, count, skip_at, skip, masked in _column_launches(w, vec, (kernel_size - 1) // 2):
+    pad = (kernel_size - 1) // 2
+    for first, count, skip_at, skip, masked in _column_launches(w, _LANES * vec, pad, _LANES * vec + pad):
         constants = dict(
             K=kernel_size, S=scale, SP=sp, BW=_LANES * vec, LANES=_LANES, MASKED=masked,
             ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out),
@@ -682,6 +881,50 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
             a, b, out, c, h, w, *a.stride(), *b.stride(), *out.stride(), n_cb, sp // sib, first, count, skip_at, skip,
             **constants, num_warps=1, num_stages=1, enable_fp_fusion=True,
             **({"maxnreg": _MAX_REGISTERS} if _MAX_REGISTERS and on_gpu else {}),
+        )  # fmt: skip
+
+
+# Tensor-core kernels: for 16-bit x and kernels (one dtype) and at least this many channels; fewer channels would
+# leave most rows of the product empty, and the CUDA-core kernels keep RGB below its bandwidth floor.
+_MMA_MIN_CHANNELS = 16
+
+
+def _mma_rows(height: int, on_gpu: bool) -> int:
+    """LR rows of a tensor-core program: 8 on a GPU (its address set-up is done once for them), all under the
+    interpreter (which pays per program)."""
+    return min(8, height) if on_gpu else height
+
+
+def _use_mma(channels: int, *tensors: torch.Tensor) -> bool:
+    """Whether the op on these tensors (depthwise) runs on the tensor-core kernels."""
+    dtypes = {t.dtype for t in tensors}
+    return channels >= _MMA_MIN_CHANNELS and len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16}
+
+
+def _mma_pixels(scale: int) -> int:
+    """LR columns of a forward / grad-kernels tensor-core block: the product has s'^2 * pixels columns (s' = s rounded
+    up to a power of two), at most 64 (fp32 accumulators in registers)."""
+    return 8 if scale <= 2 else 4
+
+
+def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, pixels, channel_grid):
+    """Launch a tensor-core kernel over (sample, block of rows, block of ``pixels`` columns, channel block when
+    ``channel_grid``; otherwise the kernel loops over the channel blocks). The window of LR columns a block reads
+    starts OFF (a multiple of 4: aligned vector loads) columns to its left and spans UX >= 16 (a product's depth)."""
+    pad = (kernel_size - 1) // 2
+    off = triton.cdiv(pad, 4) * 4
+    ux = max(16, triton.next_power_of_2(off + pixels + pad))
+    block_c = min(64, triton.next_power_of_2(c))
+    rows = _mma_rows(h, out.device.type != "cpu")
+    n_rb, n_cb = triton.cdiv(h, rows), triton.cdiv(c, block_c)
+    warps = 2 if triton.next_power_of_2(scale) ** 2 * pixels <= 32 else 4  # 64 accumulators per thread at most
+    for first, count, skip_at, skip, masked in _column_launches(w, pixels, off, ux - off):
+        grid = (out.shape[0] * n_rb * count * (n_cb if channel_grid else 1),)
+        kernel[grid](
+            a, b, out, c, h, w, *a.stride(), *b.stride(), *out.stride(), n_cb, n_rb, first, count, skip_at, skip,
+            K=kernel_size, S=scale, SP=triton.next_power_of_2(scale), P=pixels, UX=ux, OFF=off, ROWS=rows,
+            BLOCK_C=block_c, MASKED=masked, IDX=_index_dtype(a, b, out), num_warps=warps, num_stages=1,
+            enable_fp_fusion=True,
         )  # fmt: skip
 
 
@@ -736,6 +979,10 @@ def dynamic_filter_forward(
     out = _output(out, (n, c, scale * h, scale * w), x.dtype, x.device)
     if out.numel() == 0:
         return out
+    if depthwise and _use_mma(c, x, kernels):
+        _launch_mma(_fwd_mma_kernel, x, kernels, out, c, h, w, scale, kernel_size,
+                    pixels=_mma_pixels(scale), channel_grid=True)  # fmt: skip
+        return out
     if depthwise:
         _launch_depthwise(_fwd_depthwise_kernel, x, kernels, out, c, h, w, scale, kernel_size,
                           vec=_vec(kernels), sub_rows=True, run_bytes=out.element_size())  # fmt: skip
@@ -768,6 +1015,9 @@ def dynamic_filter_grad_x(
     h, w = oh // scale, ow // scale
     out = _output(out, (n, c, h, w), grad_out.dtype, grad_out.device)
     if out.numel() == 0:
+        return out
+    if depthwise and _use_mma(c, grad_out, kernels):
+        _launch_mma(_dx_mma_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size, pixels=8, channel_grid=True)
         return out
     if depthwise:
         # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
@@ -807,6 +1057,10 @@ def dynamic_filter_grad_kernels(
     dtype = x.dtype if dtype is None else dtype
     out = _output(out, (n, kernel_channels(c, scale, kernel_size, depthwise), h, w), dtype, x.device)
     if out.numel() == 0:
+        return out
+    if depthwise and _use_mma(c, grad_out, x):
+        _launch_mma(_dk_mma_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
+                    pixels=_mma_pixels(scale), channel_grid=False)  # fmt: skip
         return out
     if depthwise:
         _launch_depthwise(_dk_depthwise_kernel, x, grad_out, out, c, h, w, scale, kernel_size,

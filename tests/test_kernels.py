@@ -117,6 +117,50 @@ def test_mixed_dtypes_fp32_image_half_kernels(kernels_dtype, depthwise, c, s, k)
     assert rel_err(ry, ref_y) <= TOL[torch.float32]
 
 
+# 16-bit x and kernels with C >= 16 run on the tensor-core kernels: every s and k, ragged channel blocks (C = 17, 20,
+# 80 > 64: two blocks, grad-kernels loops over them), interior (unmasked) column blocks (W >= 20), H = W = 1
+MMA_CASES = [  # (n, c, h, w, s, k)
+    (1, 16, 5, 13, 2, 5),
+    (2, 20, 4, 9, 3, 3),
+    (1, 16, 3, 7, 4, 5),
+    (1, 17, 6, 11, 1, 3),
+    (1, 80, 3, 33, 2, 9),
+    (1, 16, 1, 1, 2, 7),
+    (1, 24, 2, 26, 4, 9),
+    (1, 16, 3, 21, 3, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("n", "c", "h", "w", "s", "k"), MMA_CASES)
+def test_tensor_core_kernels(dtype, n, c, h, w, s, k):
+    x, kern = make_inputs(n, c, h, w, s, k, True, dtype)
+    assert df._use_mma(c, x, kern)
+    check_against_reference(x, kern, s, k, True, dtype)
+
+
+def test_tensor_core_row_blocks_strides_and_every_output(monkeypatch):
+    """Programs of 2 rows (the last one ragged), channels-last and sliced inputs, NaN-filled strided outputs."""
+    monkeypatch.setattr(df, "_mma_rows", lambda height, on_gpu: 2)
+    n, c, h, w, s, k = 1, 20, 5, 22, 2, 5
+    x = torch.randn(n, c, 2 * h, w, device=DEVICE).to(torch.float16)[:, :, ::2]
+    kern = torch.randn(n, kernel_channels(c, s, k, True), h, w, device=DEVICE).to(torch.float16)
+    kern = kern.to(memory_format=torch.channels_last)
+    grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE).to(torch.float16)
+    ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
+
+    def poisoned(shape):  # a strided view into a larger NaN buffer, last two dims transposed in memory
+        buf = torch.full((*shape[:2], shape[3], shape[2] + 1), float("nan"), device=DEVICE, dtype=torch.float16)
+        return buf[..., :-1].transpose(2, 3)
+
+    y = df.dynamic_filter_forward(x, kern, s, k, True, out=poisoned(ref_y.shape))
+    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=poisoned(ref_dx.shape))
+    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape))
+    for got, ref in [(y, ref_y), (dx, ref_dx), (dk, ref_dk)]:
+        assert torch.isfinite(got).all()
+        assert rel_err(got, ref) <= TOL[torch.float16]
+
+
 @pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 32), (3, 3, 11)])
 def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
     """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one (grad-kernels: blocks of
@@ -243,24 +287,26 @@ def test_int64_offsets_without_allocating(monkeypatch, huge_dim):
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
-@pytest.mark.parametrize(("s", "k"), [(2, 1), (3, 3)])
-def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k):
+@pytest.mark.parametrize(("s", "k", "c", "dtype"), [(2, 1, 2, torch.float32), (3, 3, 2, torch.float32),
+                                                    (2, 3, 16, torch.float16)])  # fmt: skip
+def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k, c, dtype):
     """A kernels channel stride of 2**30+3 elements with s >= 2: sub-pixel and tap channel offsets pass 2**31
     elements, for the forward, grad-x (which reads kernels) and grad-kernels (which writes through the same
-    strides; both its kernels). Regression: grad-x computed ``(i*S + j) * skc`` in int32 and read out of bounds."""
+    strides; both its kernels; fp16 with 16 channels: the tensor-core kernels). Regression: grad-x computed
+    ``(i*S + j) * skc`` in int32 and read out of bounds."""
     big = 2**30 + 3
-    n, c, h, w = 1, 2, 3, 4
+    n, h, w = 1, 3, 4
     kc = kernel_channels(c, s, k, True)
     stride = (0, big, w, 1)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sparse.bin")
         with open(path, "wb") as f:
-            f.truncate(kc * big * 4)
-        storage = torch.from_file(path, shared=True, size=kc * big, dtype=torch.float32)
+            f.truncate(kc * big * dtype.itemsize)
+        storage = torch.from_file(path, shared=True, size=kc * big, dtype=dtype)
         kern = storage.as_strided((n, kc, h, w), stride)
         kern.copy_(torch.randn(n, kc, h, w))
-        x = torch.randn(n, c, h, w)
-        grad_out = torch.randn(n, c, s * h, s * w)
+        x = torch.randn(n, c, h, w).to(dtype)
+        grad_out = torch.randn(n, c, s * h, s * w).to(dtype)
         ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
         y = df.dynamic_filter_forward(x, kern, s, k, True)
         dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True)
@@ -272,7 +318,7 @@ def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k):
         monkeypatch.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)  # fewer than c: the channel-loop kernel
         errs.append(rel_err(df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out), ref_dk))
         del kern, dk, dk_out, storage
-    assert max(errs) <= TOL[torch.float32], errs
+    assert max(errs) <= TOL[dtype], errs
 
 
 def test_bad_out_and_cpu_without_interpreter_raise(monkeypatch):

@@ -6,7 +6,7 @@ TRITON_INTERPRET unset when the kernels are imported, while the rest of the suit
 so the compiling happens in subprocesses (two, one per CPU core), once per test session.
 
 The cases pick the specialisations the launchers produce: every dtype (fp32, bf16, fp16, fp64; fp32 x with bf16 or
-fp16 kernels), both modes, k in 1..9, s in 1..4, contiguous and channels-last strides, rows on 16 bytes or not
+fp16 kernels), the CUDA-core and tensor-core depthwise kernels, both modes, k in 1..9, s in 1..4, contiguous and channels-last strides, rows on 16 bytes or not
 (vector or scalar columns), channel counts below, at and above a channel block (ragged too), int32 and int64
 offsets; each compiles its interior and edge launches of the forward, grad-x and grad-kernels kernels.
 """
@@ -31,7 +31,13 @@ def _case(shape, s, k, x_dtype, kernels_dtype=None, depthwise=True, **layout):
 CASES = {  # LR shapes; W = 320: rows on 16 bytes (vector loads), W = 300: not (one column per thread)
     "rgb-s2k5-fp32": _case([1, 3, 8, 320], 2, 5, "fp32"),
     "rgb-s3k3-fp32-x-bf16-kernels": _case([1, 3, 8, 320], 3, 3, "fp32", "bf16"),
-    "feat64-s4k3-fp16": _case([1, 64, 8, 320], 4, 3, "fp16"),
+    "feat64-s4k3-fp32-x-fp16-kernels": _case([1, 64, 8, 320], 4, 3, "fp32", "fp16"),
+    # tensor-core kernels (16-bit, C >= 16): one channel block; ragged blocks (grad-kernels loops over them) with
+    # s = 4, k = 9 and unaligned rows; channels-last; int64 offsets
+    "feat64-s2k5-bf16-mma": _case([1, 64, 16, 320], 2, 5, "bf16"),
+    "c80-s4k9-fp16-mma-unaligned-rows": _case([1, 80, 8, 300], 4, 9, "fp16"),
+    "c16-s3k3-bf16-mma-channels-last": _case([1, 16, 8, 320], 3, 3, "bf16", channels_last=True),
+    "c16-s1k7-fp16-mma-int64": _case([1, 16, 8, 320], 1, 7, "fp16", huge_stride=True),
     "c8-s2k7-bf16": _case([1, 8, 8, 320], 2, 7, "bf16"),  # grad-kernels' channel loop over 3 blocks of tap rows
     "rgb-s1k9-bf16-unaligned-rows": _case([1, 3, 8, 300], 1, 9, "bf16"),
     "c6-s2k3-fp16-unaligned-rows": _case([1, 6, 8, 300], 2, 3, "fp16"),
