@@ -844,7 +844,7 @@ def _dk_loop_tile(scale: int, kernel_size: int, on_gpu: bool) -> tuple[int, int]
 
 
 def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, sub_rows, channel_sum=False,
-                      run_bytes=None, acc=_ACC_PER_THREAD):  # fmt: skip
+                      run_bytes=None, acc=_ACC_PER_THREAD, edge_acc=None):  # fmt: skip
     """Launch a depthwise kernel on (a, b) -> out over every (sample, row, column block, channel block, sub-pixel-row
     block): interior and edge column blocks are two launches (:func:`_column_launches`). ``vec``: LR columns per
     thread; ``sub_rows``: the kernel can split sub-pixel rows over programs; ``channel_sum``: it is grad-kernels,
@@ -870,7 +870,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
             sib, n_cb = loop_sib, triton.cdiv(kernel_size, tap_rows)
             constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
         else:
-            edge_acc = acc // 2 if sp < 4 else acc // 4
+            if edge_acc is None:
+                edge_acc = acc // 2 if sp < 4 else acc // 4
             block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc if channel_sum or not masked else edge_acc)
             n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
             constants.update(SIB=sib, BLOCK_C=block_c, C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1))
@@ -901,15 +902,17 @@ def _use_mma(channels: int, *tensors: torch.Tensor) -> bool:
     return channels >= _MMA_MIN_CHANNELS and len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16}
 
 
-def _mma_pixels(scale: int) -> int:
-    """LR columns of a forward / grad-kernels tensor-core block: the product has s'^2 * pixels columns (s' = s rounded
-    up to a power of two), at most 64 (fp32 accumulators in registers)."""
-    return 8 if scale <= 2 else 4
+def _mma_pixels(scale: int, grad_kernels: bool = False) -> int:
+    """LR columns of a forward / grad-kernels tensor-core block: its product has s'^2 * pixels columns (s' = s rounded
+    up to a power of two): 32 at s <= 2; at s >= 3 64 for the forward (4 warps), 32 for grad-kernels, whose x and
+    grad_out tiles of every row of taps stay live (with 64, 4 warps still spilled)."""
+    return 8 if scale <= 2 else (2 if grad_kernels else 4)
 
 
-def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, pixels, channel_grid):
+def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, pixels, channel_grid, warps=2):
     """Launch a tensor-core kernel over (sample, block of rows, block of ``pixels`` columns, channel block when
-    ``channel_grid``; otherwise the kernel loops over the channel blocks). The window of LR columns a block reads
+    ``channel_grid``; otherwise the kernel loops over the channel blocks), ``warps`` warps per program. The window of
+    LR columns a block reads
     starts OFF (a multiple of 4: aligned vector loads) columns to its left and spans UX >= 16 (a product's depth)."""
     pad = (kernel_size - 1) // 2
     off = triton.cdiv(pad, 4) * 4
@@ -917,7 +920,6 @@ def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, pixels, chann
     block_c = min(64, triton.next_power_of_2(c))
     rows = _mma_rows(h, out.device.type != "cpu")
     n_rb, n_cb = triton.cdiv(h, rows), triton.cdiv(c, block_c)
-    warps = 2 if triton.next_power_of_2(scale) ** 2 * pixels <= 32 else 4  # 64 accumulators per thread at most
     for first, count, skip_at, skip, masked in _column_launches(w, pixels, off, ux - off):
         grid = (out.shape[0] * n_rb * count * (n_cb if channel_grid else 1),)
         kernel[grid](
@@ -980,8 +982,9 @@ def dynamic_filter_forward(
     if out.numel() == 0:
         return out
     if depthwise and _use_mma(c, x, kernels):
-        _launch_mma(_fwd_mma_kernel, x, kernels, out, c, h, w, scale, kernel_size,
-                    pixels=_mma_pixels(scale), channel_grid=True)  # fmt: skip
+        pixels = _mma_pixels(scale)  # 64 fp32 accumulators per thread at most: 4 warps for [64, 64] products
+        _launch_mma(_fwd_mma_kernel, x, kernels, out, c, h, w, scale, kernel_size, pixels=pixels, channel_grid=True,
+                    warps=2 if triton.next_power_of_2(scale) ** 2 * pixels <= 32 else 4)  # fmt: skip
         return out
     if depthwise:
         _launch_depthwise(_fwd_depthwise_kernel, x, kernels, out, c, h, w, scale, kernel_size,
@@ -1021,13 +1024,16 @@ def dynamic_filter_grad_x(
         return out
     if depthwise:
         # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
-        # fewer channels when one channel's tap takes more than 64 bytes of registers per thread (fp32 at s >= 3)
+        # fewer channels when one channel's tap takes more than 64 bytes of registers per thread (fp32 at s >= 3),
+        # or at s = 3, whose zeroed padding sub-pixels keep more values live (bf16 spilled with 2 channels); edge
+        # blocks get the interior's channels (their masks fit beside them: no spills, half the edge programs)
         sp2 = triton.next_power_of_2(scale) ** 2
         vec = min(4, _vec(kernels), max(1, _ACC_PER_THREAD // 2 // sp2))
         itemsize = max(kernels.element_size(), grad_out.element_size())
-        acc = _ACC_PER_THREAD if sp2 * vec * itemsize <= 64 else _ACC_PER_THREAD // 2
+        small = sp2 * vec * itemsize <= 64 and sp2 == scale * scale
+        acc = _ACC_PER_THREAD if small else _ACC_PER_THREAD // 2
         _launch_depthwise(_dx_depthwise_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size,
-                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc)  # fmt: skip
+                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc, edge_acc=acc)  # fmt: skip
         return out
     block_c, block_p, warps = _full_tile(c, h * w, out.device.type != "cpu")
     _dx_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)](
@@ -1060,7 +1066,7 @@ def dynamic_filter_grad_kernels(
         return out
     if depthwise and _use_mma(c, grad_out, x):
         _launch_mma(_dk_mma_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
-                    pixels=_mma_pixels(scale), channel_grid=False)  # fmt: skip
+                    pixels=_mma_pixels(scale, grad_kernels=True), channel_grid=False)  # fmt: skip
         return out
     if depthwise:
         _launch_depthwise(_dk_depthwise_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
