@@ -31,6 +31,7 @@ def _case(shape, s, k, x_dtype, kernels_dtype=None, depthwise=True, **layout):
 CASES = {  # LR shapes; W = 320: rows on 16 bytes (vector loads), W = 300: not (one column per thread)
     "rgb-s2k5-fp32": _case([1, 3, 8, 320], 2, 5, "fp32"),
     "rgb-s3k3-fp32-x-bf16-kernels": _case([1, 3, 8, 320], 3, 3, "fp32", "bf16"),
+    "rgb-s3k5-bf16": _case([1, 3, 8, 320], 3, 5, "bf16"),  # grad-x spilled here (s = 3's padding sub-pixels)
     "feat64-s4k3-fp32-x-fp16-kernels": _case([1, 64, 8, 320], 4, 3, "fp32", "fp16"),
     # tensor-core kernels (16-bit, C >= 16): one channel block; ragged blocks (grad-kernels loops over them) with
     # s = 4, k = 9 and unaligned rows; channels-last; int64 offsets
