@@ -125,6 +125,12 @@ def _channels(cb, C, BLOCK_C: tl.constexpr, C_STATIC: tl.constexpr):
 
 
 @triton.jit
+def _clamp_row(row, H):
+    """(row clamped into the image, whether it lies inside): rows outside are read clamped and their terms zeroed."""
+    return tl.minimum(tl.maximum(row, 0), H - 1), (row >= 0) & (row < H)
+
+
+@triton.jit
 def _widen(v, ACC: tl.constexpr):
     """v in the accumulator dtype. bf16 widens by a 16-bit shift, written out as integer ops so that LLVM turns the
     upper half of a loaded pair into one mask (its own bf16 extension costs a byte permute plus a shift)."""
@@ -413,7 +419,8 @@ def _dk_depthwise_loop_kernel(
     i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
     w = w0 + tl.arange(0, BW)[None, None, :, None]
     j = tl.arange(0, SP)[None, None, None, :]
-    x_pix = x_ptr + n * sxn + tl.minimum(tl.maximum(row, 0), H - 1) * sxh + (w + dx - P) * sxw
+    row, row_ok = _clamp_row(row, H)
+    x_pix = x_ptr + n * sxn + row * sxh + (w + dx - P) * sxw
     g_rows = g_ptr + n * sgn + (S * h + tl.minimum(i, S - 1)) * sgh
     acc = tl.zeros([TP, SIB, BW, SP], dtype=ACC)
     for ch in range(C):
@@ -426,7 +433,7 @@ def _dk_depthwise_loop_kernel(
     d_tap = dk_ptr + n * sdn + h * sdh + w * sdw + ((dx * K + dy) * (S * S) + i * S + j) * sdc
     # tap and j < S in the where, not only in the store mask: constants per register for the padding taps and
     # sub-pixel columns, so their loads and FMAs fold away (a masked store's value is kept alive whatever its mask)
-    out = tl.where(tap & (j < S) & (row >= 0) & (row < H), acc, 0.0).to(dk_ptr.dtype.element_ty)
+    out = tl.where(tap & (j < S) & row_ok, acc, 0.0).to(dk_ptr.dtype.element_ty)
     tl.store(d_tap, out, mask=tap & (w < W) & (i < S) & (j < S))
 
 
@@ -506,9 +513,8 @@ def _fwd_mma_kernel(
     sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
     skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
     syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = (c < C)[:, None]
-    c = tl.minimum(c, C - 1)[:, None]  # padding channels read a real one and are not stored
+    c, c_ok = _channels(cb, C, BLOCK_C, -1)  # padding channels read a real one and are not stored
+    c, c_ok = c[:, None], c_ok[:, None]
     col = w0 - OFF + tl.arange(0, UX)[None, :]
     dx, sub, b_ok, i, hr, q, real = _mma_band(w0, W, P, S, SP, UX, OFF, K)
     x_pix = x_ptr + n * sxn + c * sxc + col * sxw
@@ -518,15 +524,14 @@ def _fwd_mma_kernel(
     for h in tl.range(h0, h1):
         acc = tl.zeros([BLOCK_C, SP * P * SP], dtype=tl.float32)
         for dy in tl.static_range(K):
-            row = h + dy - PAD
-            # one scalar offset per load: a single multiply-add per element forms its address
-            x_row = x_pix + tl.minimum(tl.maximum(row, 0), H - 1) * sxh
+            row, row_ok = _clamp_row(h + dy - PAD, H)
+            x_row = x_pix + row * sxh  # one scalar offset per load: one multiply-add per element forms its address
             if MASKED:
                 a = tl.load(x_row, mask=(col >= 0) & (col < W), other=0.0)
             else:
                 a = tl.load(x_row)
             b = tl.load(k_pix + (h * skh + (dy * S * S) * skc), mask=b_ok, other=0.0)
-            acc = _dot(a, tl.where((row >= 0) & (row < H), b, 0.0), acc)
+            acc = _dot(a, tl.where(row_ok, b, 0.0), acc)
         tl.store(y_pix + (S * h) * syh, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
@@ -550,9 +555,8 @@ def _dx_mma_kernel(
     sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
     skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
     sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = (c < C)[:, None]
-    c = tl.minimum(c, C - 1)[:, None]
+    c, c_ok = _channels(cb, C, BLOCK_C, -1)
+    c, c_ok = c[:, None], c_ok[:, None]
     kk = tl.arange(0, UX * SP)  # (u, j): with SP == S consecutive HR columns from S*(x0 - OFF)
     u, j = kk // SP, kk % SP
     w = x0 - OFF + u
@@ -570,8 +574,7 @@ def _dx_mma_kernel(
     for y in tl.range(y0, y1):
         acc = tl.zeros([BLOCK_C, P], dtype=tl.float32)
         for dy in tl.static_range(K):
-            h = y - dy + PAD
-            hc = tl.minimum(tl.maximum(h, 0), H - 1)
+            hc, row_ok = _clamp_row(y - dy + PAD, H)
             for i in tl.static_range(S):
                 g_row = g_pix + (S * hc + i) * sgh
                 if MASKED:
@@ -579,7 +582,7 @@ def _dx_mma_kernel(
                 else:
                     g = tl.load(g_row)
                 b = tl.load(k_pix + (hc * skh + (dy * S * S + i * S) * skc), mask=b_ok, other=0.0)
-                acc = _dot(g, tl.where((h >= 0) & (h < H), b, 0.0), acc)
+                acc = _dot(g, tl.where(row_ok, b, 0.0), acc)
         tl.store(d_pix + y * sdh, acc.to(dx_ptr.dtype.element_ty), mask=c_ok & (x0 + q < W)[None, :])
 
 
@@ -611,8 +614,8 @@ def _dk_mma_kernel(
     g_ok = real[None, :]
     for h in tl.range(h0, h1):
         for dy in tl.static_range(K):
-            row = h + dy - PAD
-            x_row = x_pix + tl.minimum(tl.maximum(row, 0), H - 1) * sxh
+            row, row_ok = _clamp_row(h + dy - PAD, H)
+            x_row = x_pix + row * sxh
             acc = tl.zeros([UX, SP * P * SP], dtype=tl.float32)
             for cb in tl.range(0, n_cb):
                 c0 = cb * BLOCK_C
@@ -623,7 +626,7 @@ def _dk_mma_kernel(
                     a = tl.load(x_row + c0 * sxc, mask=c0 + c < C, other=0.0)
                     g = tl.load(g_pix + (c0 * sgc + (S * h) * sgh), mask=c0 + c < C, other=0.0)
                 acc = _dot(tl.trans(a), g, acc)
-            acc = tl.where((row >= 0) & (row < H), acc, 0.0)
+            acc = tl.where(row_ok, acc, 0.0)
             tl.store(d_pix + (h * sdh + (dy * S * S) * sdc), acc.to(dk_ptr.dtype.element_ty), mask=d_ok)
 
 
@@ -850,8 +853,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     thread; ``sub_rows``: the kernel can split sub-pixel rows over programs; ``channel_sum``: it is grad-kernels,
     which sums over channels (all of them in one block when they fit, else :func:`_dk_depthwise_loop_kernel`, one
     column per thread, over blocks of tap rows instead of channel blocks); ``run_bytes``: itemsize of the HR tensor
-    it moves in 16-byte runs (E); ``acc``: accumulator budget per thread (halved in edge blocks, whose masks and
-    zero-filled loads need registers too)."""
+    it moves in 16-byte runs (E); ``acc``: accumulator budget per thread; ``edge_acc``: that of edge blocks (default
+    a half, a quarter at s = 4)."""
     on_gpu = out.device.type != "cpu"
     sp = triton.next_power_of_2(scale)
     if not _rows_aligned(a, b, out):  # no vector loads possible: one column per thread
@@ -861,6 +864,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
         kernel, vec = _dk_depthwise_loop_kernel, 1
         tap_rows, loop_sib = _dk_loop_tile(scale, kernel_size, on_gpu)
     pad = (kernel_size - 1) // 2
+    if edge_acc is None:  # edge blocks' masks and zero-filled loads need registers too
+        edge_acc = acc // 2 if sp < 4 else acc // 4
     for first, count, skip_at, skip, masked in _column_launches(w, _LANES * vec, pad, _LANES * vec + pad):
         constants = dict(
             K=kernel_size, S=scale, SP=sp, BW=_LANES * vec, LANES=_LANES, MASKED=masked,
@@ -870,8 +875,6 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
             sib, n_cb = loop_sib, triton.cdiv(kernel_size, tap_rows)
             constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
         else:
-            if edge_acc is None:
-                edge_acc = acc // 2 if sp < 4 else acc // 4
             block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc if channel_sum or not masked else edge_acc)
             n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
             constants.update(SIB=sib, BLOCK_C=block_c, C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1))
@@ -902,18 +905,22 @@ def _use_mma(channels: int, *tensors: torch.Tensor) -> bool:
     return channels >= _MMA_MIN_CHANNELS and len(dtypes) == 1 and dtypes <= {torch.float16, torch.bfloat16}
 
 
-def _mma_pixels(scale: int, grad_kernels: bool = False) -> int:
-    """LR columns of a forward / grad-kernels tensor-core block: its product has s'^2 * pixels columns (s' = s rounded
-    up to a power of two): 32 at s <= 2; at s >= 3 64 for the forward (4 warps), 32 for grad-kernels, whose x and
-    grad_out tiles of every row of taps stay live (with 64, 4 warps still spilled)."""
-    return 8 if scale <= 2 else (2 if grad_kernels else 4)
+def _mma_tile(kernel, scale: int) -> tuple[int, int]:
+    """(LR columns, warps) of a tensor-core program. Forward and grad-kernels products have s'^2 * columns columns
+    (s' = s rounded up to a power of two): 8 columns at s <= 2; at s >= 3 the forward takes 4 on 4 warps (64 fp32
+    accumulators per thread), grad-kernels 2 on 2 (its x and grad_out tiles of every row of taps stay live: 4 columns
+    spilled even on 4 warps). Grad-x's product has one column per LR column: 8."""
+    if scale <= 2 or kernel is _dx_mma_kernel:
+        return 8, 2
+    return (4, 4) if kernel is _fwd_mma_kernel else (2, 2)
 
 
-def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, pixels, channel_grid, warps=2):
-    """Launch a tensor-core kernel over (sample, block of rows, block of ``pixels`` columns, channel block when
-    ``channel_grid``; otherwise the kernel loops over the channel blocks), ``warps`` warps per program. The window of
-    LR columns a block reads
-    starts OFF (a multiple of 4: aligned vector loads) columns to its left and spans UX >= 16 (a product's depth)."""
+def _launch_mma(kernel, a, b, out, c, h, w, scale, kernel_size, *, channel_grid):
+    """Launch a tensor-core kernel over (sample, block of rows, block of columns (:func:`_mma_tile`), channel block
+    when ``channel_grid``; otherwise the kernel loops over the channel blocks). The window of LR columns a block
+    reads starts OFF (a multiple of 4: aligned vector loads) columns to its left and spans UX >= 16 (a product's
+    depth)."""
+    pixels, warps = _mma_tile(kernel, scale)
     pad = (kernel_size - 1) // 2
     off = triton.cdiv(pad, 4) * 4
     ux = max(16, triton.next_power_of_2(off + pixels + pad))
@@ -982,9 +989,7 @@ def dynamic_filter_forward(
     if out.numel() == 0:
         return out
     if depthwise and _use_mma(c, x, kernels):
-        pixels = _mma_pixels(scale)  # 64 fp32 accumulators per thread at most: 4 warps for [64, 64] products
-        _launch_mma(_fwd_mma_kernel, x, kernels, out, c, h, w, scale, kernel_size, pixels=pixels, channel_grid=True,
-                    warps=2 if triton.next_power_of_2(scale) ** 2 * pixels <= 32 else 4)  # fmt: skip
+        _launch_mma(_fwd_mma_kernel, x, kernels, out, c, h, w, scale, kernel_size, channel_grid=True)
         return out
     if depthwise:
         _launch_depthwise(_fwd_depthwise_kernel, x, kernels, out, c, h, w, scale, kernel_size,
@@ -1020,7 +1025,7 @@ def dynamic_filter_grad_x(
     if out.numel() == 0:
         return out
     if depthwise and _use_mma(c, grad_out, kernels):
-        _launch_mma(_dx_mma_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size, pixels=8, channel_grid=True)
+        _launch_mma(_dx_mma_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size, channel_grid=True)
         return out
     if depthwise:
         # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
@@ -1065,8 +1070,7 @@ def dynamic_filter_grad_kernels(
     if out.numel() == 0:
         return out
     if depthwise and _use_mma(c, grad_out, x):
-        _launch_mma(_dk_mma_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
-                    pixels=_mma_pixels(scale, grad_kernels=True), channel_grid=False)  # fmt: skip
+        _launch_mma(_dk_mma_kernel, x, grad_out, out, c, h, w, scale, kernel_size, channel_grid=False)
         return out
     if depthwise:
         _launch_depthwise(_dk_depthwise_kernel, x, grad_out, out, c, h, w, scale, kernel_size,
