@@ -32,6 +32,12 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
+def poisoned(shape, dtype=torch.float32):
+    """A NaN-filled ``out`` buffer: a strided view into a larger buffer, last two dims transposed in memory."""
+    buf = torch.full((*shape[:2], shape[3], shape[2] + 1), float("nan"), device=DEVICE, dtype=dtype)
+    return buf[..., :-1].transpose(2, 3)
+
+
 def reference(x, kern, s, k, depthwise, grad_out):
     """Forward output and both gradients of the PyTorch reference on float64 CPU copies."""
     xr = x.detach().to("cpu", torch.float64).requires_grad_()
@@ -148,14 +154,10 @@ def test_tensor_core_row_blocks_strides_and_every_output(monkeypatch):
     kern = kern.to(memory_format=torch.channels_last)
     grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE).to(torch.float16)
     ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
-
-    def poisoned(shape):  # a strided view into a larger NaN buffer, last two dims transposed in memory
-        buf = torch.full((*shape[:2], shape[3], shape[2] + 1), float("nan"), device=DEVICE, dtype=torch.float16)
-        return buf[..., :-1].transpose(2, 3)
-
-    y = df.dynamic_filter_forward(x, kern, s, k, True, out=poisoned(ref_y.shape))
-    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=poisoned(ref_dx.shape))
-    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape))
+    half = torch.float16
+    y = df.dynamic_filter_forward(x, kern, s, k, True, out=poisoned(ref_y.shape, half))
+    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=poisoned(ref_dx.shape, half))
+    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape, half))
     for got, ref in [(y, ref_y), (dx, ref_dx), (dk, ref_dk)]:
         assert torch.isfinite(got).all()
         assert rel_err(got, ref) <= TOL[torch.float16]
@@ -194,10 +196,6 @@ def test_every_output_element_is_written(depthwise):
     x, kern = make_inputs(n, c, h, w, s, k, depthwise)
     grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE)
     ref_y, ref_dx, ref_dk = reference(x, kern, s, k, depthwise, grad_out)
-
-    def poisoned(shape):  # a strided view into a larger NaN buffer, last two dims transposed in memory
-        return torch.full((*shape[:2], shape[3], shape[2] + 1), float("nan"), device=DEVICE)[..., :-1].transpose(2, 3)
-
     y = df.dynamic_filter_forward(x, kern, s, k, depthwise, out=poisoned(ref_y.shape))
     dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, out=poisoned(ref_dx.shape))
     dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, out=poisoned(ref_dk.shape))
