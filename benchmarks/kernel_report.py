@@ -69,12 +69,12 @@ def _mma_channel_loops(case: dict[str, Any], k: dict[str, Any]) -> list[int]:
 
 
 # Trip count of each loop the SASS of a kernel has, in address order, from the case and the kernel's constexprs
-# (the depthwise kernels unroll their taps; grad-kernels with more channels than one block loops over them; the
-# tensor-core kernels loop over their rows).
+# (the depthwise kernels unroll their taps, grad-x up to k = 5 and a loop over the rows of taps beyond; grad-kernels
+# with more channels than one block loops over them; the tensor-core kernels loop over their rows).
 LoopTrips = Callable[[dict[str, Any], dict[str, Any]], list[float]]
 LOOP_TRIPS: dict[str, LoopTrips] = {
     "_fwd_depthwise_kernel": lambda case, k: [],
-    "_dx_depthwise_kernel": lambda case, k: [],
+    "_dx_depthwise_kernel": lambda case, k: [] if k["DY"] == k["K"] else [k["K"] // k["DY"]],
     "_dk_depthwise_kernel": lambda case, k: [],
     "_dk_depthwise_loop_kernel": lambda case, k: [case["shape"][1]],
     "_fwd_mma_kernel": lambda case, k: [_mma_rows(case, k)],

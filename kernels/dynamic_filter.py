@@ -28,8 +28,13 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
   ``V x s`` values of one HR row are consecutive HR columns; :func:`_to_runs` relabels them (no data moves) so
   the store is 16-byte vectors too.
 * Grad-x (gather form, no atomics): the program owns ``dx[c, y, x0:x0+BW]`` and sums, over taps and sub-pixels,
-  ``grad_out[c, s*h+i, s*w+j] * K[t*s*s+i*s+j, h, w]`` at the LR pixel ``(h, w) = (y-dy+p, x-dx+p)`` that reads
-  it, in a ``[BLOCK_C, SP, BW, SP]`` accumulator summed over the sub-pixels once at the end.
+  ``grad_out[c, s*h+i, s*w+j] * K[t*s*s+i*s+j, h, w]`` at the LR pixel ``(h, w) = (y-dy+p, x-dx+p)`` that reads it.
+  The k taps of a row read overlapping grad_out: per row of taps and sub-pixel row a thread loads one aligned
+  *window* of UW LR columns (``x0 - OFF`` on, all its taps' source pixels) as 16-byte runs, splits it into columns
+  in registers (:func:`_columns`, tuples of tensors) and gives each tap its V columns (:func:`_stack`): the joins
+  and splits move no data. The kernels tensor, read at columns shifted by ``p - dx``, comes as the one or two
+  aligned vectors around them, shifted the same way (:func:`_load_shifted`). Accumulator ``[BLOCK_C, 1, LANES, V,
+  SP]``, summed over the sub-pixel columns at the end. Rows of taps are unrolled up to k = 5, a loop beyond.
 * Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
   not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
   each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
@@ -257,6 +262,53 @@ def _fwd_depthwise_kernel(
 
 
 @triton.jit
+def _columns(t):
+    """t [A, B, C, U, J] (U a power of two, in each thread's registers) -> the tuple of its U columns, each
+    [A, B, C, J]: in-register splits (even / odd halves, recursively), no data moves."""
+    U: tl.constexpr = t.shape[3]
+    if U == 1:
+        r = (tl.reshape(t, [t.shape[0], t.shape[1], t.shape[2], t.shape[4]]),)
+    else:
+        t = tl.reshape(t, [t.shape[0], t.shape[1], t.shape[2], U // 2, 2, t.shape[4]])
+        even, odd = tl.split(tl.permute(t, [0, 1, 2, 3, 5, 4]))
+        e, o = _columns(even), _columns(odd)
+        r = ()
+        for m in tl.static_range(U // 2):
+            r = r + (e[m], o[m])
+    return r
+
+
+@triton.jit
+def _stack(cols, D: tl.constexpr, V: tl.constexpr):
+    """[A, B, C, V, J] tile of the columns D .. D + V - 1 of a :func:`_columns` tuple (V a power of two): in-register
+    joins."""
+    if V == 1:
+        c = cols[D]
+        r = tl.reshape(c, [c.shape[0], c.shape[1], c.shape[2], 1, c.shape[3]])
+    else:
+        lo = _stack(cols, D, V // 2)
+        hi = _stack(cols, D + V // 2, V // 2)
+        t = tl.permute(tl.join(lo, hi), [0, 1, 2, 5, 3, 4])
+        r = tl.reshape(t, [lo.shape[0], lo.shape[1], lo.shape[2], V, lo.shape[4]])
+    return r
+
+
+@triton.jit
+def _load_shifted(ptr, stride, x0, W, D: tl.constexpr, V: tl.constexpr, MASKED: tl.constexpr):
+    """[1, 1, LANES, V, J] tile of the elements x0 + D + v (v < V) of J rows whose element x0 is at ``ptr``, a
+    [1, J, 1, LANES, 1] run-tile pointer (x0 likewise shaped, a multiple of V): the one or two aligned V-vectors
+    around them, loaded, then shifted in registers."""
+    A: tl.constexpr = (D // V) * V
+    NV: tl.constexpr = 1 if D == A else 2
+    col = A + tl.arange(0, NV)[None, None, :, None, None] * V + tl.arange(0, V)[None, None, None, None, :]
+    t = _load_runs(ptr + col * stride, (x0 + col >= 0) & (x0 + col < W), MASKED)  # [1, J, NV, LANES, V]
+    t = tl.reshape(tl.permute(t, [0, 3, 2, 4, 1]), [1, 1, t.shape[3], NV * V, t.shape[1]])
+    if D != A:
+        t = _stack(_columns(t), D - A, V)
+    return t
+
+
+@triton.jit
 def _dx_depthwise_kernel(
     g_ptr, k_ptr, dx_ptr,
     C, H, W,
@@ -266,62 +318,58 @@ def _dx_depthwise_kernel(
     n_cb, n_sb, first, count, skip_at, skip,
     K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
     BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
-    ACC: tl.constexpr, IDX: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr, OFF: tl.constexpr, UW: tl.constexpr, DY: tl.constexpr,
 ):
     # dx[c, y, x] = sum_{t, i, j} g[c, S*h+i, S*w+j] * K[t*S*S + i*S+j, h, w] with (h, w) = (y-dy+P, x-dx+P)
     P: tl.constexpr = (K - 1) // 2
+    V: tl.constexpr = BW // LANES
     n, cb, _, y, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
     sgn, sgc, sgh, sgw = _strides(sgn, sgc, sgh, sgw, IDX)
     skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
     sdn, sdc, sdh, sdw = _strides(sdn, sdc, sdh, sdw, IDX)
-    c, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
-    i = tl.arange(0, SP)[None, :, None, None]
-    # V = BW / LANES columns per thread even where V columns of kernels are less than 16 bytes (bf16: 8 bytes), so
-    # that the compiler's vector width matches the tile instead of regrouping the lanes
-    x = w0 + tl.max_contiguous(tl.arange(0, BW), BW // LANES)[None, None, :, None]
-    j = tl.arange(0, SP)[None, None, None, :]
-    # s = 3 pads the sub-pixels to 4: the padding ones read a real one and are zeroed (constants: folds away)
-    sub_ok = (i < S) & (j < S)
-    ia, ja = tl.minimum(i, S - 1), tl.minimum(j, S - 1)
-    # the LR pixel (y, x) and its sub-pixels; tap (dy, dx) shifts both by (P - dy, P - dx) LR pixels
-    k_pix = k_ptr + n * skn + y * skh + x * skw + (ia * S + ja) * skc
-    g_rows = g_ptr + n * sgn + c[:, None, None, None] * sgc + (S * y + ia) * sgh
-    if SP == S:  # grad_out as 16-byte runs of HR columns (the forward's store pattern), HR column q
-        q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
-        g_pix = g_rows[:, :, :, :, None] + q * sgw
-    else:
-        g_pix = g_rows + (S * x + ja) * sgw
-    acc = tl.zeros([BLOCK_C, SP, BW, SP], dtype=ACC)
-    # one branch per tap (dy inner): the grad_out windows of neighbouring taps overlap, and merging their loads
-    # across taps would keep a whole window row per channel and sub-pixel row live (spills)
-    for dx in tl.static_range(K):
-        for dy in tl.static_range(K):
-            if (y - dy + P >= 0) & (y - dy + P < H):
-                k_tap = k_pix + (P - dy) * skh + (P - dx) * skw + ((dx * K + dy) * S * S) * skc
-                g_tap = g_pix + (S * (P - dy)) * sgh + (S * (P - dx)) * sgw
-                if MASKED:
-                    ok = (x - dx + P >= 0) & (x - dx + P < W)
-                    wt = tl.load(k_tap, mask=ok, other=0.0)
-                    if SP == S:
-                        ok_q = (q + S * (P - dx) >= 0) & (q + S * (P - dx) < S * W)
-                        gv = _from_runs(_load_runs(g_tap, ok_q, True), BLOCK_C, SP, BW, S, E, LANES)
+    ch, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
+    c = ch[:, None, None, None, None]
+    lane = tl.arange(0, LANES)[None, None, None, :, None]  # lane axis of the run tiles (see _load_runs)
+    x0 = w0 + lane * V  # first of the thread's V output columns
+    j = tl.arange(0, SP)[None, :, None, None, None]
+    # grad_out window of a thread: LR columns x0 - OFF + u (u < UW), the source pixels of all its taps of a row
+    if SP == S:  # as G runs of E HR columns, [BLOCK_C, 1, G, LANES, E]
+        G: tl.constexpr = UW * S // E
+        e = tl.arange(0, G)[None, None, :, None, None] * E + tl.arange(0, E)[None, None, None, None, :]
+    else:  # s = 3: [BLOCK_C, SP, UW, LANES, 1] (sub-pixel column, window column); padding sub-pixels read a real one
+        e = S * tl.arange(0, UW)[None, None, :, None, None] + tl.minimum(j, S - 1)
+    q = S * (x0 - OFF) + e
+    # a pointer per thread and channel, and the elements' constant offsets from it (immediates of the loads)
+    g_col = c * sgc + (S * (x0 - OFF)) * sgw
+    g_ok = (q >= 0) & (q < S * W)
+    k_col = x0 * skw + tl.minimum(j, S - 1) * skc  # kernels as [1, SP, ., LANES, .] run tiles of the columns j
+    acc = tl.zeros([BLOCK_C, 1, LANES, V, SP], dtype=ACC)
+    g_row = g_ptr + n * sgn + S * (y + P) * sgh  # scalar pointers, moved by scalar steps
+    k_row = k_ptr + n * skn + (y + P) * skh
+    k_step = (K * S * S) * skc  # from tap (dy, dx) to (dy, dx + 1)
+    for dy0 in range(0, K, DY):  # DY rows of taps unrolled per trip
+        for d in tl.static_range(DY):
+            dy = dy0 + d
+            if (y - dy + P >= 0) & (y - dy + P < H):  # uniform over the program: rows outside add nothing
+                for i in tl.static_range(S):
+                    gw = _widen(_load_runs(g_row + i * sgh + g_col + e * sgw, g_ok, MASKED), ACC)
+                    if SP == S:  # -> [BLOCK_C, 1, LANES, UW, S]
+                        gw = tl.reshape(tl.permute(gw, [0, 1, 3, 2, 4]), [BLOCK_C, 1, LANES, UW, S])
                     else:
-                        gv = tl.load(g_tap, mask=ok, other=0.0)
-                elif SP == S:
-                    wt = tl.load(k_tap)
-                    gv = _from_runs(_load_runs(g_tap, None, False), BLOCK_C, SP, BW, S, E, LANES)
-                else:
-                    wt = tl.load(k_tap)
-                    gv = tl.load(g_tap)
-                wt, gv = _widen(wt, ACC), _widen(gv, ACC)
-                if SP != S:
-                    wt = tl.where(sub_ok, wt, 0.0)
-                    gv = tl.where(sub_ok, gv, 0.0)
-                acc += gv * wt
+                        gw = tl.where(j < S, gw, 0.0)
+                        gw = tl.reshape(tl.permute(gw, [0, 4, 3, 2, 1]), [BLOCK_C, 1, LANES, UW, SP])
+                    g_cols = _columns(gw)
+                    k_tap = k_row + i * S * skc
+                    for dx in tl.static_range(K):
+                        wt = _widen(_load_shifted(k_tap + k_col, skw, x0, W, P - dx, V, MASKED), ACC)
+                        acc += _stack(g_cols, OFF + P - dx, V) * wt
+                        k_tap += k_step
+            g_row -= S * sgh
+            k_row += S * S * skc - skh
 
-    dxv = tl.sum(tl.sum(acc, axis=3), axis=1)
+    dxv = tl.reshape(tl.sum(acc, axis=4), [BLOCK_C, BW])
     xo = w0 + tl.arange(0, BW)[None, :]
-    d_off = n * sdn + c[:, None] * sdc + y * sdh + xo * sdw
+    d_off = n * sdn + ch[:, None] * sdc + y * sdh + xo * sdw
     tl.store(dx_ptr + d_off, dxv.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & (xo < W))
 
 
@@ -866,16 +914,27 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     pad = (kernel_size - 1) // 2
     if edge_acc is None:  # edge blocks' masks and zero-filled loads need registers too
         edge_acc = acc // 2 if sp < 4 else acc // 4
-    for first, count, skip_at, skip, masked in _column_launches(w, _LANES * vec, pad, _LANES * vec + pad):
+    bw = _LANES * vec
+    left, right, extra = pad, bw + pad, {}
+    if kernel is _dx_depthwise_kernel:
+        off, uw = _dx_window(scale, vec, pad, run_bytes)
+        kv = -(-pad // vec) * vec  # the aligned kernels vectors of the farthest taps reach kv columns out
+        left = max(off, kv)
+        right = bw - vec + max(uw - off, kv + vec)
+        extra = dict(OFF=off, UW=uw, DY=kernel_size if kernel_size <= _DX_UNROLL else 1)
+    for first, count, skip_at, skip, masked in _column_launches(w, bw, left, right):
         constants = dict(
-            K=kernel_size, S=scale, SP=sp, BW=_LANES * vec, LANES=_LANES, MASKED=masked,
-            ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out),
+            K=kernel_size, S=scale, SP=sp, BW=bw, LANES=_LANES, MASKED=masked,
+            ACC=_acc_dtype(a.dtype, b.dtype), IDX=_index_dtype(a, b, out), **extra,
         )  # fmt: skip
         if loop:
             sib, n_cb = loop_sib, triton.cdiv(kernel_size, tap_rows)
             constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
+        elif kernel is _dx_depthwise_kernel:
+            block_c, sib = _dx_channels(c, scale, kernel_size, vec, extra["UW"], on_gpu), sp
         else:
             block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc if channel_sum or not masked else edge_acc)
+        if not loop:
             n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
             constants.update(SIB=sib, BLOCK_C=block_c, C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1))
         if run_bytes is not None:
@@ -886,6 +945,39 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
             **constants, num_warps=1, num_stages=1, enable_fp_fusion=True,
             **({"maxnreg": _MAX_REGISTERS} if _MAX_REGISTERS and on_gpu else {}),
         )  # fmt: skip
+
+
+# Grad-x unrolls its rows of taps up to this kernel size; larger kernels loop over them (unrolled, k = 9 at s = 4 took
+# Triton ~90 s to compile per launch, mostly its coalescing pass, against ~4 s per loop launch)
+_DX_UNROLL = 5
+# Registers per thread of grad-x for accumulators and one grad_out window, (V + UW) * SP per channel; the rest hold
+# the kernels windows of a row of taps and addresses (128: no spill over s 1..4, k 1..9 on triton 3.6 / 3.9)
+_DX_BUDGET = 128
+
+
+def _dx_window(scale: int, vec: int, pad: int, run_bytes: int) -> tuple[int, int]:
+    """(OFF, UW) of a grad-x thread's grad_out window: it starts OFF >= pad LR columns left of the thread's ``vec``
+    columns, on a 16-byte run (E HR elements), and spans UW (a power of two) >= vec + OFF + pad columns."""
+    e = min(16 // run_bytes, vec * scale) if triton.next_power_of_2(scale) == scale else 1
+    off = pad
+    while (scale * off) % e:
+        off += 1
+    return off, triton.next_power_of_2(vec + off + pad)
+
+
+def _dx_channels(channels: int, scale: int, kernel_size: int, vec: int, uw: int, on_gpu: bool) -> int:
+    """BLOCK_C of a grad-x program: up to 4 channels (the kernels windows are loaded once for them) within
+    _DX_BUDGET; all of them (up to 64) under the interpreter."""
+    block_c, sp = triton.next_power_of_2(channels), triton.next_power_of_2(scale)
+    if not on_gpu:
+        return min(block_c, _INTERPRETER_MAX_CHANNELS)
+    block_c = min(block_c, 4)
+    # halved at s = 3, which loads its windows element by element (each value holds a register until used), and for
+    # the tap-row loop of k > _DX_UNROLL (ptxas gave the k = 7 loop 128 registers and spilled with 2 channels)
+    budget = _DX_BUDGET if sp == scale and kernel_size <= _DX_UNROLL else _DX_BUDGET // 2
+    while block_c > 1 and min(block_c, channels) * sp * (vec + uw) > budget:
+        block_c //= 2
+    return block_c
 
 
 # Tensor-core kernels: for 16-bit x and kernels (one dtype) and at least this many channels; fewer channels would
@@ -1028,17 +1120,11 @@ def dynamic_filter_grad_x(
         _launch_mma(_dx_mma_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size, channel_grid=True)
         return out
     if depthwise:
-        # the accumulator holds every sub-pixel (summed at the end): fewer LR columns per thread at s >= 3; and
-        # fewer channels when one channel's tap takes more than 64 bytes of registers per thread (fp32 at s >= 3),
-        # or at s = 3, whose zeroed padding sub-pixels keep more values live (bf16 spilled with 2 channels); edge
-        # blocks get the interior's channels (their masks fit beside them: no spills, half the edge programs)
-        sp2 = triton.next_power_of_2(scale) ** 2
-        vec = min(4, _vec(kernels), max(1, _ACC_PER_THREAD // 2 // sp2))
-        itemsize = max(kernels.element_size(), grad_out.element_size())
-        small = sp2 * vec * itemsize <= 64 and sp2 == scale * scale
-        acc = _ACC_PER_THREAD if small else _ACC_PER_THREAD // 2
+        # V LR columns per thread: 16 bytes of kernels up to s = 2; 2 at s >= 3, whose windows hold s*UW values per
+        # sub-pixel row and channel; channels per program: _dx_channels
+        vec = min(4, _vec(kernels), max(1, 8 // triton.next_power_of_2(scale)))
         _launch_depthwise(_dx_depthwise_kernel, grad_out, kernels, out, c, h, w, scale, kernel_size,
-                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size(), acc=acc, edge_acc=acc)  # fmt: skip
+                          vec=vec, sub_rows=False, run_bytes=grad_out.element_size())  # fmt: skip
         return out
     block_c, block_p, warps = _full_tile(c, h * w, out.device.type != "cpu")
     _dx_full_kernel[(n * triton.cdiv(c, block_c) * triton.cdiv(h * w, block_p),)](
