@@ -915,9 +915,11 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     if edge_acc is None:  # edge blocks' masks and zero-filled loads need registers too
         edge_acc = acc // 2 if sp < 4 else acc // 4
     bw = _LANES * vec
+    # E: HR elements of a 16-byte run of the HR tensor (1 at s = 3, whose padded sub-pixels load no runs)
+    e = None if run_bytes is None else (min(16 // run_bytes, vec * scale) if sp == scale else 1)
     left, right, extra = pad, bw + pad, {}
     if kernel is _dx_depthwise_kernel:
-        off, uw = _dx_window(scale, vec, pad, run_bytes)
+        off, uw = _dx_window(scale, vec, pad, e)
         kv = -(-pad // vec) * vec  # the aligned kernels vectors of the farthest taps reach kv columns out
         left = max(off, kv)
         right = bw - vec + max(uw - off, kv + vec)
@@ -937,8 +939,8 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
         if not loop:
             n_cb = 1 if channel_sum else triton.cdiv(c, block_c)
             constants.update(SIB=sib, BLOCK_C=block_c, C_STATIC=c if c < block_c else (0 if c % block_c == 0 else -1))
-        if run_bytes is not None:
-            constants["E"] = min(16 // run_bytes, vec * scale) if sp == scale else 1
+        if e is not None:
+            constants["E"] = e
         grid = (out.shape[0] * h * count * (sp // sib) * n_cb,)
         kernel[grid](
             a, b, out, c, h, w, *a.stride(), *b.stride(), *out.stride(), n_cb, sp // sib, first, count, skip_at, skip,
@@ -955,12 +957,11 @@ _DX_UNROLL = 5
 _DX_BUDGET = 128
 
 
-def _dx_window(scale: int, vec: int, pad: int, run_bytes: int) -> tuple[int, int]:
+def _dx_window(scale: int, vec: int, pad: int, run: int) -> tuple[int, int]:
     """(OFF, UW) of a grad-x thread's grad_out window: it starts OFF >= pad LR columns left of the thread's ``vec``
-    columns, on a 16-byte run (E HR elements), and spans UW (a power of two) >= vec + OFF + pad columns."""
-    e = min(16 // run_bytes, vec * scale) if triton.next_power_of_2(scale) == scale else 1
+    columns, on a run of ``run`` HR elements (E), and spans UW (a power of two) >= vec + OFF + pad columns."""
     off = pad
-    while (scale * off) % e:
+    while (scale * off) % run:
         off += 1
     return off, triton.next_power_of_2(vec + off + pad)
 
