@@ -129,10 +129,11 @@ def sass_instructions(kernel) -> list[tuple[int, str, str]]:
 
 
 def loops(instructions: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
-    """(first, last) address of each loop: a backward branch closes a loop whose body starts at its target."""
+    """(first, last) address of each loop: a backward branch closes a loop whose body starts at its target (the last
+    operand: a branch may take a predicate or a uniform register first, e.g. ``BRA P1, 0x...``)."""
     found = []
     for addr, op, operands in instructions:
-        if op.startswith("BRA") and (target := int(operands.split()[0].rstrip(","), 16)) <= addr:
+        if op.startswith("BRA") and (target := int(operands.split()[-1], 16)) <= addr:
             found.append((target, addr))
     return sorted(found)
 
