@@ -933,7 +933,7 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
             sib, n_cb = loop_sib, triton.cdiv(kernel_size, tap_rows)
             constants.update(SIB=sib, TR=tap_rows, TP=triton.next_power_of_2(tap_rows * kernel_size))
         elif kernel is _dx_depthwise_kernel:
-            block_c, sib = _dx_channels(c, scale, kernel_size, vec, extra["UW"], on_gpu), sp
+            block_c, sib = _dx_channels(c, scale, kernel_size, vec, extra["UW"], on_gpu, masked), sp
         else:
             block_c, sib = _depthwise_tile(c, scale, vec, sub_rows, on_gpu, acc if channel_sum or not masked else edge_acc)
         if not loop:
@@ -966,9 +966,9 @@ def _dx_window(scale: int, vec: int, pad: int, run: int) -> tuple[int, int]:
     return off, triton.next_power_of_2(vec + off + pad)
 
 
-def _dx_channels(channels: int, scale: int, kernel_size: int, vec: int, uw: int, on_gpu: bool) -> int:
+def _dx_channels(channels: int, scale: int, kernel_size: int, vec: int, uw: int, on_gpu: bool, masked: bool) -> int:
     """BLOCK_C of a grad-x program: up to 4 channels (the kernels windows are loaded once for them) within
-    _DX_BUDGET; all of them (up to 64) under the interpreter."""
+    _DX_BUDGET, half a padded block in ``masked`` (edge) launches; all of them (up to 64) under the interpreter."""
     block_c, sp = triton.next_power_of_2(channels), triton.next_power_of_2(scale)
     if not on_gpu:
         return min(block_c, _INTERPRETER_MAX_CHANNELS)
@@ -977,6 +977,8 @@ def _dx_channels(channels: int, scale: int, kernel_size: int, vec: int, uw: int,
     # the tap-row loop of k > _DX_UNROLL (ptxas gave the k = 7 loop 128 registers and spilled with 2 channels)
     budget = _DX_BUDGET if sp == scale and kernel_size <= _DX_UNROLL else _DX_BUDGET // 2
     while block_c > 1 and min(block_c, channels) * sp * (vec + uw) > budget:
+        block_c //= 2
+    if masked and channels < block_c:  # triton 3.6's ptxas spilled the fp32 RGB edge launch (3 of 4 channels)
         block_c //= 2
     return block_c
 
