@@ -16,25 +16,30 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
 * The k*k taps are unrolled (``tl.static_range``); rows outside the image are skipped by a branch that is uniform
   over the program (h is), so the row part of the zero padding costs nothing per element.
 * The column part costs nothing either in *interior* column blocks (every tap inside the image): they are a
-  separate launch compiled with ``MASKED=False``, without any mask, so LLVM also merges the overlapping x loads of
-  neighbouring taps. Only the first / last column blocks of each row (``MASKED=True``) test columns per element.
+  separate launch compiled with ``MASKED=False``, without any mask. Only the first / last column blocks of each
+  row (``MASKED=True``) test columns.
+* Taps read columns shifted by ``dx - p``: a thread loads the one or two aligned V-vectors around its shifted
+  columns and shifts them in registers (:func:`_load_shifted`, in-register splits / joins that move no data); the
+  taps of a row share those vectors, which LLVM loads once. Aligned vectors keep the loads 16 bytes wide in the
+  masked edge blocks too (their masks are constant per vector when W is a multiple of 16 elements).
 * Channels are a tensor axis inside the thread (``BLOCK_C``), so the weights of a pixel are loaded once per
   channel block; the channel block is the fastest program index, so the programs sharing those weights run side by
   side and the kernels tensor comes from DRAM once (from L2 for the other channel blocks) whatever C is. When C is
   smaller than the block (RGB: 3 of 4) the count is compiled in (``C_STATIC``): the padding channel's loads fold
   away.
 * Forward: ``y[c, s*h+i, s*w+j] += x[c, h+dy-p, w+dx-p] * K[t*s*s + i*s + j, h, w]``, accumulator
-  ``[BLOCK_C, SIB, BW, SP]`` (SIB sub-pixel rows per program, SP = s rounded up to a power of two). The thread's
+  ``[BLOCK_C, 1, LANES, V, SIB*SP]`` (SIB sub-pixel rows per program, SP = s rounded up to a power of two): the
+  kernels of a tap as run tiles of the sub-pixels, x as shifted aligned vectors of the channels. The thread's
   ``V x s`` values of one HR row are consecutive HR columns; :func:`_to_runs` relabels them (no data moves) so
   the store is 16-byte vectors too.
 * Grad-x (gather form, no atomics): the program owns ``dx[c, y, x0:x0+BW]`` and sums, over taps and sub-pixels,
   ``grad_out[c, s*h+i, s*w+j] * K[t*s*s+i*s+j, h, w]`` at the LR pixel ``(h, w) = (y-dy+p, x-dx+p)`` that reads it.
   The k taps of a row read overlapping grad_out: per row of taps and sub-pixel row a thread loads one aligned
   *window* of UW LR columns (``x0 - OFF`` on, all its taps' source pixels) as 16-byte runs, splits it into columns
-  in registers (:func:`_columns`, tuples of tensors) and gives each tap its V columns (:func:`_stack`): the joins
-  and splits move no data. The kernels tensor, read at columns shifted by ``p - dx``, comes as the one or two
-  aligned vectors around them, shifted the same way (:func:`_load_shifted`). Accumulator ``[BLOCK_C, 1, LANES, V,
-  SP]``, summed over the sub-pixel columns at the end. Rows of taps are unrolled up to k = 5, a loop beyond.
+  in registers (:func:`_columns`, tuples of tensors) and gives each tap its V columns (:func:`_stack`). The
+  kernels tensor, read at columns shifted by ``p - dx``, comes through :func:`_load_shifted`. Accumulator
+  ``[BLOCK_C, 1, LANES, V, SP]``, summed over the sub-pixel columns at the end. Rows of taps are unrolled up to
+  k = 5, a loop beyond.
 * Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
   not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
   each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
@@ -200,6 +205,17 @@ def _load_runs(ptr, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _store_runs(ptr, value, mask):
+    """Store a [C, SIB, G, LANES, E] run tile where ``mask``, its lanes on LANES as in :func:`_load_runs` (without
+    the permutation, triton 3.6 moved every forward output through shared memory)."""
+    if _RUN_LANES_FIRST:
+        mask = tl.permute(tl.broadcast_to(mask, ptr.shape), [3, 0, 1, 2, 4])
+        ptr = tl.permute(ptr, [3, 0, 1, 2, 4])
+        value = tl.permute(value, [3, 0, 1, 2, 4])
+    tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def _run_columns(w0, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr, LANES: tl.constexpr):
     """HR column of each element of a [G, LANES, E] run tile of the block starting at LR column w0 (see
     :func:`_to_runs`)."""
@@ -209,56 +225,6 @@ def _run_columns(w0, BW: tl.constexpr, S: tl.constexpr, E: tl.constexpr, LANES: 
     lane = tl.arange(0, LANES)[None, :, None]
     e = tl.arange(0, E)[None, None, :]
     return S * w0 + lane * (V * S) + g * E + e
-
-
-@triton.jit
-def _fwd_depthwise_kernel(
-    x_ptr, k_ptr, y_ptr,
-    C, H, W,
-    sxn, sxc, sxh, sxw,
-    skn, skc, skh, skw,
-    syn, syc, syh, syw,
-    n_cb, n_sb, first, count, skip_at, skip,
-    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
-    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
-    ACC: tl.constexpr, IDX: tl.constexpr,
-):
-    P: tl.constexpr = (K - 1) // 2
-    n, cb, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
-    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
-    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
-    syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
-    c, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
-    c = c[:, None, None, None]
-    i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
-    w = w0 + tl.arange(0, BW)[None, None, :, None]
-    j = tl.arange(0, SP)[None, None, None, :]
-    sub_ok = (i < S) & (j < S)  # all true unless s = 3 (padded to 4): padding sub-pixels read a real one
-    k_pix = k_ptr + n * skn + h * skh + w * skw + (tl.minimum(i, S - 1) * S + tl.minimum(j, S - 1)) * skc
-    x_pix = x_ptr + n * sxn + c * sxc + h * sxh + w * sxw
-    acc = tl.zeros([BLOCK_C, SIB, BW, SP], dtype=ACC)
-    for dy in tl.static_range(K):
-        if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program: rows outside the image add nothing
-            x_row = x_pix + (dy - P) * sxh
-            for dx in tl.static_range(K):
-                k_tap = k_pix + ((dx * K + dy) * S * S) * skc
-                x_tap = x_row + (dx - P) * sxw
-                if MASKED:
-                    wt = tl.load(k_tap, mask=w < W)
-                    xv = tl.load(x_tap, mask=(w + dx - P >= 0) & (w + dx - P < W), other=0.0)
-                else:
-                    wt = tl.load(k_tap)
-                    xv = tl.load(x_tap)
-                acc += _widen(xv, ACC) * _widen(wt, ACC)
-
-    out = acc.to(y_ptr.dtype.element_ty)
-    y_base = y_ptr + n * syn + c * syc + (S * h + i) * syh
-    if SP == S:  # 16-byte runs of consecutive HR columns
-        q = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
-        ok = c_ok[:, None, None, None, None] & (q < S * W)
-        tl.store(y_base[:, :, :, :, None] + q * syw, _to_runs(out, BLOCK_C, SIB, BW, S, E, LANES), mask=ok)
-    else:
-        tl.store(y_base + (S * w + j) * syw, out, mask=c_ok[:, None, None, None] & (w < W) & sub_ok)
 
 
 @triton.jit
@@ -306,6 +272,57 @@ def _load_shifted(ptr, stride, x0, W, D: tl.constexpr, V: tl.constexpr, MASKED: 
     if D != A:
         t = _stack(_columns(t), D - A, V)
     return t
+
+
+@triton.jit
+def _fwd_depthwise_kernel(
+    x_ptr, k_ptr, y_ptr,
+    C, H, W,
+    sxn, sxc, sxh, sxw,
+    skn, skc, skh, skw,
+    syn, syc, syh, syw,
+    n_cb, n_sb, first, count, skip_at, skip,
+    K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
+    BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr,
+):
+    P: tl.constexpr = (K - 1) // 2
+    V: tl.constexpr = BW // LANES
+    Q: tl.constexpr = SIB * SP  # the program's sub-pixels (i, j), i-major
+    n, cb, sb, h, w0 = _program(n_cb, n_sb, H, first, count, skip_at, skip, BW)
+    sxn, sxc, sxh, sxw = _strides(sxn, sxc, sxh, sxw, IDX)
+    skn, skc, skh, skw = _strides(skn, skc, skh, skw, IDX)
+    syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
+    ch, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
+    x0 = w0 + tl.arange(0, LANES)[None, None, None, :, None] * V  # first of the thread's V columns (run-tile axes)
+    q = tl.arange(0, Q)[None, :, None, None, None]
+    iq = tl.minimum(sb * SIB + q // SP, S - 1)  # s = 3: padding sub-pixels read a real one
+    # per-thread pointers to the kernels of the sub-pixels and to x of the channels, as [1, J, 1, LANES, 1] rows of
+    # run tiles (:func:`_load_shifted`); taps move them by constant offsets
+    k_col = k_ptr + n * skn + h * skh + x0 * skw + (iq * S + tl.minimum(q % SP, S - 1)) * skc
+    x_col = x_ptr + n * sxn + h * sxh + x0 * sxw + ch[None, :, None, None, None] * sxc
+    acc = tl.zeros([BLOCK_C, 1, LANES, V, Q], dtype=ACC)
+    for dy in tl.static_range(K):
+        if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program: rows outside the image add nothing
+            for dx in tl.static_range(K):
+                wt = _widen(_load_shifted(k_col + ((dx * K + dy) * S * S) * skc, skw, x0, W, 0, V, MASKED), ACC)
+                # x at columns x0 + dx - P + v: the aligned vectors around them (shared by the row's taps), shifted
+                xv = _load_shifted(x_col + (dy - P) * sxh, sxw, x0, W, dx - P, V, MASKED)
+                acc += tl.permute(_widen(xv, ACC), [4, 1, 2, 3, 0]) * wt
+
+    # -> [BLOCK_C, SIB, BW, SP]: LR column lane * V + v, the layout of _to_runs
+    out = tl.reshape(acc, [BLOCK_C, LANES, V, SIB, SP])
+    out = tl.reshape(tl.permute(out, [0, 3, 1, 2, 4]), [BLOCK_C, SIB, BW, SP]).to(y_ptr.dtype.element_ty)
+    i = sb * SIB + tl.arange(0, SIB)[None, :, None, None]
+    y_base = y_ptr + n * syn + ch[:, None, None, None] * syc + (S * h + i) * syh
+    if SP == S:  # 16-byte runs of consecutive HR columns
+        r = _run_columns(w0, BW, S, E, LANES)[None, None, :, :, :]
+        ok = c_ok[:, None, None, None, None] & (r < S * W)
+        _store_runs(y_base[:, :, :, :, None] + r * syw, _to_runs(out, BLOCK_C, SIB, BW, S, E, LANES), ok)
+    else:
+        w = w0 + tl.arange(0, BW)[None, None, :, None]
+        j = tl.arange(0, SP)[None, None, None, :]
+        tl.store(y_base + (S * w + j) * syw, out, mask=c_ok[:, None, None, None] & (w < W) & (i < S) & (j < S))
 
 
 @triton.jit
@@ -917,10 +934,13 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     bw = _LANES * vec
     # E: HR elements of a 16-byte run of the HR tensor (1 at s = 3, whose padded sub-pixels load no runs)
     e = None if run_bytes is None else (min(16 // run_bytes, vec * scale) if sp == scale else 1)
-    left, right, extra = pad, bw + pad, {}
+    # columns a block reads left of its first / right of it: grad-kernels' shifted x tiles reach pad; the aligned
+    # vectors around a tap's columns (_load_shifted: forward's x, grad-x's kernels) reach kv
+    kv = -(-pad // vec) * vec
+    left, right = (kv, bw + kv) if kernel is _fwd_depthwise_kernel else (pad, bw + pad)
+    extra = {}
     if kernel is _dx_depthwise_kernel:
         off, uw = _dx_window(scale, vec, pad, e)
-        kv = -(-pad // vec) * vec  # the aligned kernels vectors of the farthest taps reach kv columns out
         left = max(off, kv)
         right = bw - vec + max(uw - off, kv + vec)
         extra = dict(OFF=off, UW=uw, DY=kernel_size if kernel_size <= _DX_UNROLL else 1)

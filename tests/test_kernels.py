@@ -7,6 +7,7 @@ same tests run natively on the GPU, plus the larger ``gpu`` cases at the end.
 import os
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -178,6 +179,56 @@ def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
     for depthwise in (True, False):
         kk = k if depthwise else 1
         check_against_reference(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32)
+
+
+def padded(shape, fill=float("nan")):
+    """A tensor of ``shape`` whose rows are the start of wider rows (16-byte aligned, >= 16 elements longer) of a
+    ``fill``-ed buffer: a read past the end of a row lands on padding, not on the next row."""
+    width = (shape[-1] + 31) // 16 * 16
+    return torch.full((*shape[:-1], width), fill, device=DEVICE)[..., : shape[-1]]
+
+
+def element_addresses(*tensors):
+    """Byte addresses of every element of the tensors (their storage may hold more)."""
+    out = []
+    for t in tensors:
+        offsets = torch.zeros((), dtype=torch.int64)
+        for size, stride in zip(t.shape, t.stride()):
+            offsets = offsets.unsqueeze(-1) + torch.arange(size) * stride
+        out.append(t.data_ptr() + offsets.flatten().numpy().astype(np.uint64) * t.element_size())
+    return np.concatenate(out)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="reads the addresses of the Triton interpreter's loads and stores")
+@pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 33), (1, 7, 17), (3, 5, 20)])
+def test_accesses_stay_on_tensor_elements(monkeypatch, s, k, w):
+    """Every address the depthwise kernels load or store (mask on) is an element of the op's tensors: interior column
+    blocks load without masks, so the reach of their taps' vectors must stay inside the image. Small blocks give
+    several interior and edge blocks per row; W is chosen so that the last interior block ends 1 to 3 columns before
+    the row does (k = 3, 7: taps reach 1, 3 columns but aligned 4-vectors 4)."""
+    from triton.runtime import interpreter
+
+    monkeypatch.setattr(df, "_LANES", 2)
+    x, kern = padded((1, 3, 1, w), 1.0), padded((1, k * k * s * s, 1, w), 1.0)  # one row: only columns matter
+    grad_out = padded((1, 3, s, w * s), 1.0)
+    outs = [padded(shape) for shape in (grad_out.shape, x.shape, kern.shape)]
+    valid = element_addresses(x, kern, grad_out, *outs)
+    stray = []
+
+    def check(ptrs, mask):
+        addresses = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape)]
+        stray.extend(np.setdiff1d(addresses, valid)[:4].tolist())
+
+    load, store = interpreter.InterpreterBuilder.create_masked_load, interpreter.InterpreterBuilder.create_masked_store
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load",
+                        lambda self, ptrs, mask, *a: check(ptrs, mask) or load(self, ptrs, mask, *a))
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store",
+                        lambda self, ptrs, value, mask, *a: check(ptrs, mask) or store(self, ptrs, value, mask, *a))
+    df.dynamic_filter_forward(x, kern, s, k, True, out=outs[0])
+    df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=outs[1])
+    df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=outs[2])
+    assert not stray, f"{len(stray)} accesses off the tensors' elements, e.g. {stray[:4]}"
+    assert all(torch.isfinite(o).all() for o in outs)
 
 
 @pytest.mark.parametrize("lanes_first", [True, False])
