@@ -18,28 +18,28 @@ below the bytes they move (benchmarks/kernel_report.py reads that off the sm_90 
 * The column part costs nothing either in *interior* column blocks (every tap inside the image): they are a
   separate launch compiled with ``MASKED=False``, without any mask. Only the first / last column blocks of each
   row (``MASKED=True``) test columns.
-* Taps read columns shifted by ``dx - p``: a thread loads the one or two aligned V-vectors around its shifted
-  columns and shifts them in registers (:func:`_load_shifted`, in-register splits / joins that move no data); the
-  taps of a row share those vectors, which LLVM loads once. Aligned vectors keep the loads 16 bytes wide in the
-  masked edge blocks too (their masks are constant per vector when W is a multiple of 16 elements).
+* Taps read columns shifted by ``dx - p``, yet forward and grad-x load only aligned 16-byte vectors: per row of
+  taps a thread loads one aligned *window* of UW LR columns (``x0 - OFF`` on) of the shifted tensor (forward: x,
+  grad-x: grad_out) holding the source columns of all its taps, splits it into columns in registers
+  (:func:`_columns`, tuples of tensors) and gives each tap its V columns (:func:`_stack`); the splits and joins
+  move no data. Aligned vectors stay 16 bytes wide in the masked edge blocks too (their masks are constant per
+  vector when W is a multiple of 16 elements).
 * Channels are a tensor axis inside the thread (``BLOCK_C``), so the weights of a pixel are loaded once per
   channel block; the channel block is the fastest program index, so the programs sharing those weights run side by
   side and the kernels tensor comes from DRAM once (from L2 for the other channel blocks) whatever C is. When C is
   smaller than the block (RGB: 3 of 4) the count is compiled in (``C_STATIC``): the padding channel's loads fold
   away.
 * Forward: ``y[c, s*h+i, s*w+j] += x[c, h+dy-p, w+dx-p] * K[t*s*s + i*s + j, h, w]``, accumulator
-  ``[BLOCK_C, 1, LANES, V, SIB*SP]`` (SIB sub-pixel rows per program, SP = s rounded up to a power of two): the
-  kernels of a tap as run tiles of the sub-pixels, x as shifted aligned vectors of the channels. The thread's
+  ``[BLOCK_C, 1, LANES, V, SIB*SP]`` (SIB sub-pixel rows per program, SP = s rounded up to a power of two): x
+  columns from the row's window, the kernels of a tap as a run tile of the sub-pixels. The thread's
   ``V x s`` values of one HR row are consecutive HR columns; :func:`_to_runs` relabels them (no data moves) so
   the store is 16-byte vectors too.
 * Grad-x (gather form, no atomics): the program owns ``dx[c, y, x0:x0+BW]`` and sums, over taps and sub-pixels,
   ``grad_out[c, s*h+i, s*w+j] * K[t*s*s+i*s+j, h, w]`` at the LR pixel ``(h, w) = (y-dy+p, x-dx+p)`` that reads it.
-  The k taps of a row read overlapping grad_out: per row of taps and sub-pixel row a thread loads one aligned
-  *window* of UW LR columns (``x0 - OFF`` on, all its taps' source pixels) as 16-byte runs, splits it into columns
-  in registers (:func:`_columns`, tuples of tensors) and gives each tap its V columns (:func:`_stack`). The
-  kernels tensor, read at columns shifted by ``p - dx``, comes through :func:`_load_shifted`. Accumulator
-  ``[BLOCK_C, 1, LANES, V, SP]``, summed over the sub-pixel columns at the end. Rows of taps are unrolled up to
-  k = 5, a loop beyond.
+  grad_out comes as a window per row of taps and sub-pixel row (16-byte runs of HR columns); the kernels tensor,
+  read at columns shifted by ``p - dx``, as the one or two aligned vectors around a tap's columns, shifted in
+  registers the same way (:func:`_load_shifted`). Accumulator ``[BLOCK_C, 1, LANES, V, SP]``, summed over the
+  sub-pixel columns at the end. Rows of taps are unrolled up to k = 5, a loop beyond.
 * Grad-kernels: ``dK[t*s*s+sub, h, w] = sum_c x[c, h+dy-p, w+dx-p] * grad_out[c, s*h+i, s*w+j]``. grad_out does
   not depend on the tap: with all channels in one block it is loaded once per program and kept in registers, and
   each tap is a product with a shifted x tile summed over the in-thread channel axis, stored right away (vector
@@ -284,7 +284,7 @@ def _fwd_depthwise_kernel(
     n_cb, n_sb, first, count, skip_at, skip,
     K: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, SIB: tl.constexpr, BLOCK_C: tl.constexpr,
     BW: tl.constexpr, LANES: tl.constexpr, E: tl.constexpr, C_STATIC: tl.constexpr, MASKED: tl.constexpr,
-    ACC: tl.constexpr, IDX: tl.constexpr,
+    ACC: tl.constexpr, IDX: tl.constexpr, OFF: tl.constexpr, UW: tl.constexpr, XE: tl.constexpr,
 ):
     P: tl.constexpr = (K - 1) // 2
     V: tl.constexpr = BW // LANES
@@ -295,20 +295,25 @@ def _fwd_depthwise_kernel(
     syn, syc, syh, syw = _strides(syn, syc, syh, syw, IDX)
     ch, c_ok = _channels(cb, C, BLOCK_C, C_STATIC)
     x0 = w0 + tl.arange(0, LANES)[None, None, None, :, None] * V  # first of the thread's V columns (run-tile axes)
+    # x window of a thread: LR columns x0 - OFF + u (u < UW), every tap's source columns of a row, as runs of XE
+    u = tl.arange(0, UW // XE)[None, None, :, None, None] * XE + tl.arange(0, XE)[None, None, None, None, :]
+    x_col = x_ptr + n * sxn + h * sxh + ch[:, None, None, None, None] * sxc + (x0 - OFF) * sxw
+    x_ok = (x0 - OFF + u >= 0) & (x0 - OFF + u < W)
+    # kernels of a tap: the thread's V columns of the program's sub-pixels, a [1, Q, 1, LANES, V] run tile
     q = tl.arange(0, Q)[None, :, None, None, None]
     iq = tl.minimum(sb * SIB + q // SP, S - 1)  # s = 3: padding sub-pixels read a real one
-    # per-thread pointers to the kernels of the sub-pixels and to x of the channels, as [1, J, 1, LANES, 1] rows of
-    # run tiles (:func:`_load_shifted`); taps move them by constant offsets
-    k_col = k_ptr + n * skn + h * skh + x0 * skw + (iq * S + tl.minimum(q % SP, S - 1)) * skc
-    x_col = x_ptr + n * sxn + h * sxh + x0 * sxw + ch[None, :, None, None, None] * sxc
+    v = tl.arange(0, V)[None, None, None, None, :]
+    k_pix = k_ptr + n * skn + h * skh + (x0 + v) * skw + (iq * S + tl.minimum(q % SP, S - 1)) * skc
+    k_ok = x0 + v < W
     acc = tl.zeros([BLOCK_C, 1, LANES, V, Q], dtype=ACC)
     for dy in tl.static_range(K):
         if (h + dy - P >= 0) & (h + dy - P < H):  # uniform over the program: rows outside the image add nothing
+            xw = _widen(_load_runs(x_col + (dy - P) * sxh + u * sxw, x_ok, MASKED), ACC)  # [C, 1, G, LANES, XE]
+            x_cols = _columns(tl.reshape(tl.permute(xw, [0, 1, 3, 2, 4]), [BLOCK_C, 1, LANES, UW, 1]))
             for dx in tl.static_range(K):
-                wt = _widen(_load_shifted(k_col + ((dx * K + dy) * S * S) * skc, skw, x0, W, 0, V, MASKED), ACC)
-                # x at columns x0 + dx - P + v: the aligned vectors around them (shared by the row's taps), shifted
-                xv = _load_shifted(x_col + (dy - P) * sxh, sxw, x0, W, dx - P, V, MASKED)
-                acc += tl.permute(_widen(xv, ACC), [4, 1, 2, 3, 0]) * wt
+                wt = _widen(_load_runs(k_pix + ((dx * K + dy) * S * S) * skc, k_ok, MASKED), ACC)
+                wt = tl.reshape(tl.permute(wt, [0, 3, 2, 4, 1]), [1, 1, LANES, V, Q])
+                acc += _stack(x_cols, OFF + dx - P, V) * wt
 
     # -> [BLOCK_C, SIB, BW, SP]: LR column lane * V + v, the layout of _to_runs
     out = tl.reshape(acc, [BLOCK_C, LANES, V, SIB, SP])
@@ -934,13 +939,18 @@ def _launch_depthwise(kernel, a, b, out, c, h, w, scale, kernel_size, *, vec, su
     bw = _LANES * vec
     # E: HR elements of a 16-byte run of the HR tensor (1 at s = 3, whose padded sub-pixels load no runs)
     e = None if run_bytes is None else (min(16 // run_bytes, vec * scale) if sp == scale else 1)
-    # columns a block reads left of its first / right of it: grad-kernels' shifted x tiles reach pad; the aligned
-    # vectors around a tap's columns (_load_shifted: forward's x, grad-x's kernels) reach kv
-    kv = -(-pad // vec) * vec
-    left, right = (kv, bw + kv) if kernel is _fwd_depthwise_kernel else (pad, bw + pad)
-    extra = {}
+    # columns a block reads left of its first / right of it: grad-kernels' shifted x tiles reach pad; a thread's
+    # window reaches OFF left and UW - OFF right of its first column; grad-x's kernels, the aligned vectors around
+    # a tap's shifted columns, kv
+    left, right, extra = pad, bw + pad, {}
+    if kernel is _fwd_depthwise_kernel:  # x windows in runs of 16 bytes of x (at most the thread's columns)
+        xe = min(16 // a.element_size(), vec)
+        off, uw = _window(1, vec, pad, xe)
+        left, right = off, bw - vec + uw - off
+        extra = dict(OFF=off, UW=uw, XE=xe)
     if kernel is _dx_depthwise_kernel:
-        off, uw = _dx_window(scale, vec, pad, e)
+        off, uw = _window(scale, vec, pad, e)
+        kv = -(-pad // vec) * vec
         left = max(off, kv)
         right = bw - vec + max(uw - off, kv + vec)
         extra = dict(OFF=off, UW=uw, DY=kernel_size if kernel_size <= _DX_UNROLL else 1)
@@ -977,9 +987,10 @@ _DX_UNROLL = 5
 _DX_BUDGET = 128
 
 
-def _dx_window(scale: int, vec: int, pad: int, run: int) -> tuple[int, int]:
-    """(OFF, UW) of a grad-x thread's grad_out window: it starts OFF >= pad LR columns left of the thread's ``vec``
-    columns, on a run of ``run`` HR elements (E), and spans UW (a power of two) >= vec + OFF + pad columns."""
+def _window(scale: int, vec: int, pad: int, run: int) -> tuple[int, int]:
+    """(OFF, UW) of a thread's window of LR columns (forward: of x, scale 1; grad-x: of grad_out): it starts OFF >= pad
+    LR columns left of the thread's ``vec`` columns, on a run of ``run`` elements, and spans UW (a power of two) >=
+    vec + OFF + pad columns."""
     off = pad
     while (scale * off) % run:
         off += 1
