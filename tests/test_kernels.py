@@ -203,9 +203,10 @@ def element_addresses(*tensors):
 @pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 33), (1, 7, 17), (3, 5, 20)])
 def test_accesses_stay_on_tensor_elements(monkeypatch, s, k, w):
     """Every address the depthwise kernels load or store (mask on) is an element of the op's tensors: interior column
-    blocks load without masks, so the reach of their taps' vectors must stay inside the image. Small blocks give
-    several interior and edge blocks per row; W is chosen so that the last interior block ends 1 to 3 columns before
-    the row does (k = 3, 7: taps reach 1, 3 columns but aligned 4-vectors 4)."""
+    blocks load without masks, so what they read beyond their taps' columns (forward / grad-x windows, grad-x's
+    aligned kernels vectors) must stay inside the image. Small blocks give several interior and edge blocks per row;
+    W leaves a last block whose taps fit but whose aligned reads would not with a reach of p (fails at s=2 k=3 and
+    s=3 k=5 when the forward's reach is set back to p)."""
     from triton.runtime import interpreter
 
     monkeypatch.setattr(df, "_LANES", 2)
