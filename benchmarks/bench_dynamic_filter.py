@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from udvd_triton.kernels import dynamic_filter as df
+from udvd_triton.kernels import launch
+from udvd_triton.kernels.policy import LaunchPolicy
 from udvd_triton.ops import dynamic_filter, dynamic_filter_reference, kernel_channels
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,6 +65,26 @@ def pixelconv_unfold(
 
 def triton_op(x, kernels, scale, kernel_size, depthwise):
     return dynamic_filter(x, kernels, scale, kernel_size, depthwise, backend="triton")
+
+
+def triton_with(policy: LaunchPolicy) -> Callable:
+    """The op's three launchers under ``policy`` (e.g. a register cap), differentiable like the registered op."""
+
+    class Op(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, kernels, scale, kernel_size, depthwise):  # noqa: ANN001, ANN205
+            ctx.save_for_backward(x, kernels)
+            ctx.args = (scale, kernel_size, depthwise)
+            return launch.dynamic_filter_forward(x, kernels, scale, kernel_size, depthwise, policy=policy)
+
+        @staticmethod
+        def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+            x, kernels = ctx.saved_tensors
+            dx = launch.dynamic_filter_grad_x(grad_out, kernels, *ctx.args, policy=policy)
+            dk = launch.dynamic_filter_grad_kernels(grad_out, x, *ctx.args, dtype=kernels.dtype, policy=policy)
+            return dx, dk, None, None, None
+
+    return Op.apply
 
 
 IMPLS: dict[str, Callable] = {
@@ -176,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     cases = [c for c in CASES if c[0] in args.cases] if args.cases else CASES[:1] if args.quick else CASES
-    runs = [(impl, IMPLS[impl], None) for impl in args.impls]
-    runs += [(f"triton@maxnreg={n}", IMPLS["triton"], n) for n in args.maxnreg]
+    runs = [(impl, IMPLS[impl]) for impl in args.impls]
+    runs += [(f"triton@maxnreg={n}", triton_with(LaunchPolicy(max_registers=n))) for n in args.maxnreg]
     warmup, iters = (3, 10) if args.quick else (args.warmup, args.iters)
     device = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -191,16 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             for backward in (False, True):
                 nbytes = traffic(n, c, h, w, s, k, depthwise, dtypes[0].itemsize, dtypes[1].itemsize, backward)
                 floor_ms = nbytes / bw * 1e3
-                for impl, fn, maxnreg in runs:
+                for impl, fn in runs:
                     if impl == "unfold+compile":  # fresh compile per shape / dtype / pass: past dynamo's recompile
                         torch._dynamo.reset()  # limit (8) the compiled function would silently run eager
-                    df._MAX_REGISTERS = maxnreg
                     try:
                         r = bench_one(fn, case, dtypes, backward, warmup, iters, args.sets)
                     except torch.cuda.OutOfMemoryError:
                         r = {"median_ms": None, "min_ms": None, "peak_extra_mib": None, "error": "out of memory"}
-                    finally:
-                        df._MAX_REGISTERS = None
                     torch.cuda.empty_cache()
                     ms = r["median_ms"]
                     rows.append({

@@ -1,7 +1,7 @@
 """Static report of the dynamic-filter kernels as built for Hopper (sm_90), made on a machine without a GPU.
 
 For each kernel (forward, grad-x, grad-kernels), representative shape and dtype, the real launcher is called on
-``meta`` tensors and the kernel it launches is compiled for sm_90 (udvd_triton.kernels.cross_compile). From the
+``meta`` tensors and the kernel it launches is compiled for sm_90 (benchmarks/cross_compile.py). From the
 cubin: registers, spills, shared memory, global loads / stores by width, SASS instructions and barriers per loop
 iteration. From those, two **static estimates** for an H200:
 
@@ -113,7 +113,7 @@ def traffic_bytes(case: dict[str, Any], op: str) -> int:
 
 
 def _dtype(name: str) -> torch.dtype:
-    from udvd_triton.kernels.cross_compile import DTYPES as DT
+    from cross_compile import DTYPES as DT
 
     return DT[name]
 
@@ -211,9 +211,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _ptxas_version() -> str:
-    from udvd_triton.kernels.cross_compile import _tool
+    from cross_compile import tool
 
-    out = subprocess.run([_tool("ptxas"), "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([tool("ptxas"), "--version"], capture_output=True, text=True, check=True).stdout
     return out.strip().splitlines()[-1]
 
 
@@ -233,10 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    from udvd_triton.kernels import dynamic_filter as df
-    from udvd_triton.kernels.cross_compile import OPS, build_cases, nvidia_backend_available
+    from cross_compile import OPS, build_cases, nvidia_backend_available
 
-    df._MAX_REGISTERS = args.maxnreg
+    from udvd_triton.kernels.policy import LaunchPolicy
 
     if not nvidia_backend_available():
         print("kernel_report.py needs Triton's NVIDIA backend (ptxas, cuobjdump)", file=sys.stderr)
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
          "x_dtype": dt, "kernels_dtype": dt}
         for name, shape, s, k in SHAPES for dt in DTYPES if args.shapes is None or name in args.shapes
     ]  # fmt: skip
-    built = build_cases(cases)
+    built = build_cases(cases, policy=LaunchPolicy(max_registers=args.maxnreg))
     rows = [report_row([b for b in built if b["case"] is case and b["op"] == op]) for case in cases for op in OPS]
     result = {
         "what": "static estimates from the sm_90 build, no GPU involved: issue-bound time vs bandwidth floor",

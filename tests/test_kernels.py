@@ -5,15 +5,19 @@ same tests run natively on the GPU, plus the larger ``gpu`` cases at the end.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pytest
 import torch
-import triton
 
 from udvd_triton import dynamic_filter
-from udvd_triton.kernels import dynamic_filter as df
+from udvd_triton.kernels import launch
+from udvd_triton.kernels import op as op_module
+from udvd_triton.kernels.op import dynamic_filter_triton
+from udvd_triton.kernels.policy import DEFAULT_POLICY, LaunchPolicy
 from udvd_triton.ops import dynamic_filter_reference, kernel_channels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,6 +50,18 @@ def reference(x, kern, s, k, depthwise, grad_out):
     y = dynamic_filter_reference(xr, kr, s, k, depthwise)
     dx, dk = torch.autograd.grad(y, (xr, kr), grad_out.detach().to("cpu", torch.float64))
     return y.detach(), dx, dk
+
+
+def check_launchers(x, kern, s, k, depthwise, dtype, policy):
+    """The three launchers under ``policy`` on (x, kern) against the float64 reference (what the op runs, with
+    other program sizes)."""
+    y = launch.dynamic_filter_forward(x, kern, s, k, depthwise, policy=policy)
+    grad_out = torch.randn(y.shape, device=y.device).to(dtype)
+    dx = launch.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, policy=policy)
+    dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, dtype=kern.dtype, policy=policy)
+    assert y.dtype == dx.dtype == dk.dtype == dtype
+    errs = [rel_err(a, b) for a, b in zip((y, dx, dk), reference(x, kern, s, k, depthwise, grad_out))]
+    assert max(errs) <= TOL[dtype], f"relative errors (y, dx, dk) = {errs}"
 
 
 def check_against_reference(x, kern, s, k, depthwise, dtype):
@@ -142,13 +158,13 @@ MMA_CASES = [  # (n, c, h, w, s, k)
 @pytest.mark.parametrize(("n", "c", "h", "w", "s", "k"), MMA_CASES)
 def test_tensor_core_kernels(dtype, n, c, h, w, s, k):
     x, kern = make_inputs(n, c, h, w, s, k, True, dtype)
-    assert df._use_mma(c, x, kern)
+    assert DEFAULT_POLICY.use_mma(c, x, kern)
     check_against_reference(x, kern, s, k, True, dtype)
 
 
-def test_tensor_core_row_blocks_strides_and_every_output(monkeypatch):
+def test_tensor_core_row_blocks_strides_and_every_output():
     """Programs of 2 rows (the last one ragged), channels-last and sliced inputs, NaN-filled strided outputs."""
-    monkeypatch.setattr(df, "_mma_rows", lambda height, on_gpu: 2)
+    policy = LaunchPolicy(mma_rows=2)
     n, c, h, w, s, k = 1, 20, 5, 22, 2, 5
     x = torch.randn(n, c, 2 * h, w, device=DEVICE).to(torch.float16)[:, :, ::2]
     kern = torch.randn(n, kernel_channels(c, s, k, True), h, w, device=DEVICE).to(torch.float16)
@@ -156,29 +172,26 @@ def test_tensor_core_row_blocks_strides_and_every_output(monkeypatch):
     grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE).to(torch.float16)
     ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
     half = torch.float16
-    y = df.dynamic_filter_forward(x, kern, s, k, True, out=poisoned(ref_y.shape, half))
-    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=poisoned(ref_dx.shape, half))
-    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape, half))
+    y = launch.dynamic_filter_forward(x, kern, s, k, True, out=poisoned(ref_y.shape, half), policy=policy)
+    dx = launch.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=poisoned(ref_dx.shape, half), policy=policy)
+    dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape, half), policy=policy)
     for got, ref in [(y, ref_y), (dx, ref_dx), (dk, ref_dk)]:
         assert torch.isfinite(got).all()
         assert rel_err(got, ref) <= TOL[torch.float16]
 
 
 @pytest.mark.parametrize(("s", "k", "w"), [(2, 3, 32), (3, 3, 11)])
-def test_many_programs_with_partial_tiles(monkeypatch, s, k, w):
+def test_many_programs_with_partial_tiles(s, k, w):
     """Small blocks, as on a GPU but smaller: several channel blocks with a ragged last one (grad-kernels: blocks of
     tap rows), interior column blocks (the unmasked launch) and edge blocks on both sides, and for the full mode
     small flattened-plane tiles. W = 32: rows on 16 bytes, several columns per thread; W = 11: one column per
     thread."""
-    monkeypatch.setattr(df, "_LANES", 2)  # blocks of 2 * (16 bytes / itemsize) columns
-    sub_rows = lambda scale, split: 1 if split else triton.next_power_of_2(scale)  # noqa: E731
-    monkeypatch.setattr(df, "_depthwise_tile", lambda c, scale, vec, split, on_gpu, acc=0: (2, sub_rows(scale, split)))
-    # grad-kernels (3 channels > 2: its channel-loop kernel) over blocks of 2 tap rows, the last one ragged
-    monkeypatch.setattr(df, "_dk_loop_tile", lambda scale, kernel_size, on_gpu: (2, 1))
-    monkeypatch.setattr(df, "_full_tile", lambda channels, plane, on_gpu: (2, 32, 1))
+    # blocks of 2 * (16 bytes / itemsize) columns, 2 channels, 1 sub-pixel row where a kernel splits them; grad-kernels
+    # (3 channels > 2: its channel-loop kernel) over blocks of 2 tap rows, the last one ragged
+    policy = LaunchPolicy(lanes=2, channel_block=2, sub_rows=1, dk_tap_rows=2, dk_sub_rows=1, full_tile=(2, 32, 1))
     for depthwise in (True, False):
         kk = k if depthwise else 1
-        check_against_reference(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32)
+        check_launchers(*make_inputs(1, 3, 4, w, s, kk, depthwise), s, kk, depthwise, torch.float32, policy)
 
 
 def padded(shape, fill=float("nan")):
@@ -209,7 +222,7 @@ def test_accesses_stay_on_tensor_elements(monkeypatch, s, k, w):
     s=3 k=5 when the forward's reach is set back to p)."""
     from triton.runtime import interpreter
 
-    monkeypatch.setattr(df, "_LANES", 2)
+    policy = LaunchPolicy(lanes=2)
     x, kern = padded((1, 3, 1, w), 1.0), padded((1, k * k * s * s, 1, w), 1.0)  # one row: only columns matter
     grad_out = padded((1, 3, s, w * s), 1.0)
     outs = [padded(shape) for shape in (grad_out.shape, x.shape, kern.shape)]
@@ -225,20 +238,20 @@ def test_accesses_stay_on_tensor_elements(monkeypatch, s, k, w):
                         lambda self, ptrs, mask, *a: check(ptrs, mask) or load(self, ptrs, mask, *a))
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store",
                         lambda self, ptrs, value, mask, *a: check(ptrs, mask) or store(self, ptrs, value, mask, *a))
-    df.dynamic_filter_forward(x, kern, s, k, True, out=outs[0])
-    df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=outs[1])
-    df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=outs[2])
+    launch.dynamic_filter_forward(x, kern, s, k, True, out=outs[0], policy=policy)
+    launch.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=outs[1], policy=policy)
+    launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=outs[2], policy=policy)
     assert not stray, f"{len(stray)} accesses off the tensors' elements, e.g. {stray[:4]}"
     assert all(torch.isfinite(o).all() for o in outs)
 
 
 @pytest.mark.parametrize("lanes_first", [True, False])
-def test_grad_out_run_tile_order(monkeypatch, lanes_first):
+def test_grad_out_run_tile_order(lanes_first):
     """grad-x and grad-kernels load grad_out as 16-byte runs with the lanes axis first or last, whichever puts the
     lanes on it under the installed Triton (3.6 and 3.9 differ); both orders give the reference, masked edge blocks
     included."""
-    monkeypatch.setattr(df, "_RUN_LANES_FIRST", triton.language.constexpr(lanes_first))
-    check_against_reference(*make_inputs(1, 3, 3, 272, 2, 5, True), 2, 5, True, torch.float32)
+    policy = LaunchPolicy(run_lanes_first=lanes_first)
+    check_launchers(*make_inputs(1, 3, 3, 272, 2, 5, True), 2, 5, True, torch.float32, policy)
 
 
 @pytest.mark.parametrize("depthwise", [True, False])
@@ -248,15 +261,14 @@ def test_every_output_element_is_written(depthwise):
     x, kern = make_inputs(n, c, h, w, s, k, depthwise)
     grad_out = torch.randn(n, c, s * h, s * w, device=DEVICE)
     ref_y, ref_dx, ref_dk = reference(x, kern, s, k, depthwise, grad_out)
-    y = df.dynamic_filter_forward(x, kern, s, k, depthwise, out=poisoned(ref_y.shape))
-    dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, out=poisoned(ref_dx.shape))
-    dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, out=poisoned(ref_dk.shape))
+    y = launch.dynamic_filter_forward(x, kern, s, k, depthwise, out=poisoned(ref_y.shape))
+    dx = launch.dynamic_filter_grad_x(grad_out, kern, s, k, depthwise, out=poisoned(ref_dx.shape))
+    dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, depthwise, out=poisoned(ref_dk.shape))
     outputs = [(y, ref_y), (dx, ref_dx), (dk, ref_dk)]
     if depthwise:  # grad-kernels' channel-loop kernel too, over blocks of 2 tap rows (the last one ragged)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)
-            mp.setattr(df, "_dk_loop_tile", lambda scale, kernel_size, on_gpu: (2, 1))
-            outputs.append((df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape)), ref_dk))
+        policy = LaunchPolicy(channel_block=1, dk_tap_rows=2, dk_sub_rows=1)
+        dk_loop = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=poisoned(ref_dk.shape), policy=policy)
+        outputs.append((dk_loop, ref_dk))
     for got, ref in outputs:
         assert torch.isfinite(got).all()
         assert rel_err(got, ref) <= TOL[torch.float32]
@@ -308,7 +320,7 @@ def test_opcheck():
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
 @pytest.mark.parametrize("huge_dim", ["sample", "channel"])
-def test_int64_offsets_without_allocating(monkeypatch, huge_dim):
+def test_int64_offsets_without_allocating(huge_dim):
     """Sample or channel strides of 2**30+3 elements put data past 2**31 elements (8 GiB of float32) from the
     base pointer. A sparse memory-mapped file holds them: only the touched pages get memory. grad-kernels runs both
     its kernels (all channels in one block, and the channel loop)."""
@@ -325,13 +337,13 @@ def test_int64_offsets_without_allocating(monkeypatch, huge_dim):
         kern = torch.randn(n, kernel_channels(c, s, k, True), h, w)
         grad_out = torch.randn(n, c, s * h, s * w)
         ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
-        y = df.dynamic_filter_forward(x, kern, s, k, True)
-        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True)
+        y = launch.dynamic_filter_forward(x, kern, s, k, True)
+        dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True)
         # dx is written through the same huge strides, into storage beside x's
-        dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=storage.as_strided(x.shape, stride, 1000))
+        dx = launch.dynamic_filter_grad_x(grad_out, kern, s, k, True, out=storage.as_strided(x.shape, stride, 1000))
         errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
-        monkeypatch.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)  # fewer than c: the channel-loop kernel
-        errs.append(rel_err(df.dynamic_filter_grad_kernels(grad_out, x, s, k, True), ref_dk))
+        loop = LaunchPolicy(interpreter_channels=1)  # fewer than c: the channel-loop kernel
+        errs.append(rel_err(launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, policy=loop), ref_dk))
         del x, dx, storage
     assert max(errs) <= TOL[torch.float32], errs
 
@@ -339,7 +351,7 @@ def test_int64_offsets_without_allocating(monkeypatch, huge_dim):
 @pytest.mark.skipif(DEVICE != "cpu", reason="sparse-file trick maps host memory")
 @pytest.mark.parametrize(("s", "k", "c", "dtype"), [(2, 1, 2, torch.float32), (3, 3, 2, torch.float32),
                                                     (2, 3, 16, torch.float16)])  # fmt: skip
-def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k, c, dtype):
+def test_int64_kernels_channel_stride_without_allocating(s, k, c, dtype):
     """A kernels channel stride of 2**30+3 elements with s >= 2: sub-pixel and tap channel offsets pass 2**31
     elements, for the forward, grad-x (which reads kernels) and grad-kernels (which writes through the same
     strides; both its kernels; fp16 with 16 channels: the tensor-core kernels). Regression: grad-x computed
@@ -358,28 +370,33 @@ def test_int64_kernels_channel_stride_without_allocating(monkeypatch, s, k, c, d
         x = torch.randn(n, c, h, w).to(dtype)
         grad_out = torch.randn(n, c, s * h, s * w).to(dtype)
         ref_y, ref_dx, ref_dk = reference(x, kern, s, k, True, grad_out)
-        y = df.dynamic_filter_forward(x, kern, s, k, True)
-        dx = df.dynamic_filter_grad_x(grad_out, kern, s, k, True)
+        y = launch.dynamic_filter_forward(x, kern, s, k, True)
+        dx = launch.dynamic_filter_grad_x(grad_out, kern, s, k, True)
         # dkernels goes into the same storage, beside kernels, through the same huge strides
         dk_out = storage.as_strided(kern.shape, stride, h * w)
-        dk = df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out)
+        dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out)
         errs = [rel_err(a, b) for a, b in zip((y, dx, dk), (ref_y, ref_dx, ref_dk))]
         dk_out.fill_(float("nan"))
-        monkeypatch.setattr(df, "_INTERPRETER_MAX_CHANNELS", 1)  # fewer than c: the channel-loop kernel
-        errs.append(rel_err(df.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out), ref_dk))
+        loop = LaunchPolicy(interpreter_channels=1)  # fewer than c: the channel-loop kernel
+        dk = launch.dynamic_filter_grad_kernels(grad_out, x, s, k, True, out=dk_out, policy=loop)
+        errs.append(rel_err(dk, ref_dk))
         del kern, dk, dk_out, storage
     assert max(errs) <= TOL[dtype], errs
 
 
-def test_bad_out_and_cpu_without_interpreter_raise(monkeypatch):
+def test_bad_out_and_cpu_without_interpreter_raise():
     x, kern = make_inputs(1, 3, 4, 4, 2, 5, True)
     with pytest.raises(ValueError, match="out must be"):
-        df.dynamic_filter_forward(x, kern, 2, 5, True, out=torch.empty(1, 3, 8, 9, device=DEVICE))
+        launch.dynamic_filter_forward(x, kern, 2, 5, True, out=torch.empty(1, 3, 8, 9, device=DEVICE))
     with pytest.raises(ValueError, match="kernels must have shape"):
-        df.dynamic_filter_triton(x, kern[:, 1:], 2, 5, True)
-    monkeypatch.setattr(df, "_INTERPRET", False)
-    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
-        df.dynamic_filter_triton(x.cpu(), kern.cpu(), 2, 5, True)
+        dynamic_filter_triton(x, kern[:, 1:], 2, 5, True)
+    # CPU tensors with the interpreter off (Triton reads TRITON_INTERPRET once, at import: a fresh process)
+    code = ("import torch\nfrom udvd_triton.kernels.op import dynamic_filter_triton\n"
+            "try:\n    dynamic_filter_triton(torch.ones(1, 3, 4, 4), torch.ones(1, 100, 4, 4), 2, 5, True)\n"
+            "except ValueError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "TRITON_INTERPRET" in res.stdout, res.stderr
 
 
 def test_torch_compile_reference_path_cpu():
@@ -427,7 +444,7 @@ def test_gpu_larger_shapes(dtype, n, c, h, w, s, k, depthwise):
 @pytest.mark.gpu
 def test_gpu_auto_backend_uses_triton(monkeypatch):
     calls = []
-    monkeypatch.setattr(df, "_dynamic_filter_op", lambda *a: calls.append(a) or dynamic_filter_reference(*a))
+    monkeypatch.setattr(op_module, "dynamic_filter_triton", lambda *a: calls.append(a) or dynamic_filter_reference(*a))
     x, kern = make_inputs(1, 3, 8, 8, 2, 5, True)
     dynamic_filter(x, kern)
     assert len(calls) == 1
@@ -440,7 +457,7 @@ def test_gpu_more_than_2_31_elements():
     h, w = 2**15, 2**16 + 32  # 2**31 + 2**20 elements in one channel plane
     x = torch.randn(1, 1, h, w, device="cuda", dtype=torch.float16)
     kern = torch.randn(1, 1, h, w, device="cuda", dtype=torch.float16)
-    y = df.dynamic_filter_forward(x, kern, 1, 1, True)
+    y = launch.dynamic_filter_forward(x, kern, 1, 1, True)
     tail = (slice(None), slice(None), slice(h - 3, None), slice(w - 5, None))
     torch.testing.assert_close(y[tail], x[tail] * kern[tail])
     assert torch.equal(y[..., :2, :5], x[..., :2, :5] * kern[..., :2, :5])

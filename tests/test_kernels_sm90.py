@@ -1,7 +1,7 @@
 """Every kernel compiles for Hopper (sm_90) without a register spill, checked on a machine without a GPU.
 
 The real launchers run on ``meta`` tensors under a stand-in Triton driver whose target is sm_90, and compile instead
-of launching (udvd_triton.kernels.cross_compile); ptxas's output is read with the cuobjdump Triton ships. This needs
+of launching (benchmarks/cross_compile.py); ptxas's output is read with the cuobjdump Triton ships. This needs
 TRITON_INTERPRET unset when the kernels are imported, while the rest of the suite runs them under the interpreter,
 so the compiling happens in subprocesses (two, one per CPU core), once per test session.
 
@@ -16,9 +16,13 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
-from udvd_triton.kernels.cross_compile import OPS, nvidia_backend_available
+CROSS_COMPILE = Path(__file__).resolve().parents[1] / "benchmarks" / "cross_compile.py"  # a dev tool, not installed
+sys.path.insert(0, str(CROSS_COMPILE.parent))
+from cross_compile import OPS, nvidia_backend_available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not nvidia_backend_available(), reason="Triton without its NVIDIA backend")
 
@@ -60,7 +64,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     for part, chunk in enumerate(halves):
         path = tmp_path_factory.mktemp("sm90") / f"cases{part}.json"
         path.write_text(json.dumps([{**CASES[name], "name": name} for name in chunk]))
-        cmd = [sys.executable, "-m", "udvd_triton.kernels.cross_compile", str(path)]
+        cmd = [sys.executable, str(CROSS_COMPILE), str(path)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     rows: dict[str, list[dict]] = {name: [] for name in names}
     for proc in procs:

@@ -1,15 +1,11 @@
-"""The dynamic filter op: input checks, the PyTorch reference, and backend dispatch.
+"""The dynamic filter op: the PyTorch reference and backend dispatch (layouts: :mod:`udvd_triton.kernels.layout`).
 
-Layouts (see API.md). Depthwise: ``x`` (N, C, H, W), ``kernels`` (N, k*k*s*s, H, W), output (N, C, s*H, s*W)::
+Depthwise: ``x`` (N, C, H, W), ``kernels`` (N, k*k*s*s, H, W), output (N, C, s*H, s*W)::
 
     y[n, c, s*h+i, s*w+j] = sum_{dy,dx} x[n, c, h+dy-p, w+dx-p] * kernels[n, (dx*k+dy)*s*s + i*s+j, h, w]
 
-Full: ``kernels`` (N, C*k*k*C*s*s, H, W), a (C*k*k) x (C*s*s) matrix per pixel::
-
-    y[n, o, s*h+i, s*w+j] = sum_{c,dy,dx} x[n, c, h+dy-p, w+dx-p] * kernels[n, ((c*k*k + dx*k+dy)*C + o)*s*s + i*s+j, h, w]
-
-with p = (k-1)//2 and zero padding. The tap index ``dx*k+dy`` (x-offset major) is the unfold order of the
-reference UDVD implementation, so its trained kernel-prediction convs plug in unchanged.
+Full mode (``depthwise=False``): a (C*k*k) x (C*s*s) matrix per pixel. CUDA tensors run the fused Triton kernels
+(:mod:`udvd_triton.kernels.op`), CPU tensors the reference below.
 """
 
 from __future__ import annotations
@@ -19,39 +15,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from udvd_triton.kernels.layout import FILTER_SCALES, check_inputs, kernel_channels
+
 Backend = Literal["auto", "triton", "torch"]
-SCALES = (1, 2, 3, 4)
-
-
-def kernel_channels(channels: int, scale: int, kernel_size: int, depthwise: bool) -> int:
-    """Number of per-pixel kernel channels the op expects for ``channels`` image channels."""
-    taps = kernel_size * kernel_size * scale * scale
-    return taps if depthwise else channels * taps * channels
-
-
-def check_inputs(x: torch.Tensor, kernels: torch.Tensor, scale: int, kernel_size: int, depthwise: bool) -> None:
-    """Raise ``ValueError`` naming the problem if the arguments do not fit the layouts above."""
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    for name, t in (("x", x), ("kernels", kernels)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if x.device != kernels.device:
-        raise ValueError(f"x and kernels must be on one device, got {x.device} and {kernels.device}")
-    n, c, h, w = x.shape
-    expected = (n, kernel_channels(c, scale, kernel_size, depthwise), h, w)
-    if tuple(kernels.shape) != expected:
-        layout = "k*k*s*s" if depthwise else "C*k*k*C*s*s"
-        raise ValueError(
-            f"kernels must have shape (N, {layout}, H, W) = {expected} for x of shape {tuple(x.shape)}, "
-            f"scale={scale}, kernel_size={kernel_size}, depthwise={depthwise}; got {tuple(kernels.shape)}"
-        )
+__all__ = ["FILTER_SCALES", "Backend", "check_inputs", "dynamic_filter", "dynamic_filter_reference", "kernel_channels"]
 
 
 def dynamic_filter_reference(
@@ -110,11 +77,11 @@ def dynamic_filter(
     Returns:
         (N, C, s*H, s*W) tensor of ``x``'s dtype.
     """
-    check_inputs(x, kernels, scale, kernel_size, depthwise)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton" or (backend == "auto" and x.is_cuda):
-        from udvd_triton.kernels.dynamic_filter import dynamic_filter_triton
+    if backend == "triton" or (backend == "auto" and isinstance(x, torch.Tensor) and x.is_cuda):
+        from udvd_triton.kernels.op import dynamic_filter_triton  # Triton only when it runs: CPU use needs none
 
-        return dynamic_filter_triton(x, kernels, scale, kernel_size, depthwise)
+        return dynamic_filter_triton(x, kernels, scale, kernel_size, depthwise)  # checks the inputs
+    check_inputs(x, kernels, scale, kernel_size, depthwise)
     return dynamic_filter_reference(x, kernels, scale, kernel_size, depthwise)

@@ -1,14 +1,15 @@
 """Cross-compile the dynamic-filter kernels for a CUDA GPU on a machine without one, and read what ptxas made.
 
-The real launchers (:mod:`udvd_triton.kernels.dynamic_filter`) are called on ``meta`` tensors, which have shapes
+A development tool (not installed with the package). The real launchers (:mod:`udvd_triton.kernels.launch`) are
+called on ``meta`` tensors, which have shapes
 and strides but no storage, while a stand-in Triton driver reports a chosen target (default: Hopper, sm_90) and
 ``JITFunction.run`` compiles without launching. So the specialisations compiled are exactly those the launchers
 produce for those shapes, strides and dtypes. The cubins are then read with the ``cuobjdump`` that ships in
 Triton's NVIDIA backend: registers, stack frame, shared memory, and the SASS.
 
 Use it in a process where ``TRITON_INTERPRET`` is unset: Triton reads that variable when kernels are defined, and
-interpreted kernels cannot be compiled. ``python -m udvd_triton.kernels.cross_compile CASES.json`` runs
-:func:`build_cases` in such a process and prints the result as JSON (what ``tests/test_kernels_sm90.py`` does).
+interpreted kernels cannot be compiled. ``python benchmarks/cross_compile.py CASES.json`` runs :func:`build_cases` in
+such a process and prints the result as JSON (what ``tests/test_kernels_sm90.py`` does).
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ def nvidia_backend_available() -> bool:
     try:
         from triton.backends import backends
 
-        return "nvidia" in backends and _tool("cuobjdump") is not None
+        return "nvidia" in backends and tool("cuobjdump") is not None
     except Exception:  # noqa: BLE001 - any import or lookup failure means: not available
         return False
 
 
-def _tool(name: str) -> str | None:
+def tool(name: str) -> str | None:
     import triton.backends.nvidia as nv
 
     path = Path(nv.__file__).parent / "bin" / name
@@ -104,7 +105,7 @@ def _cuobjdump(kernel, *flags: str) -> str:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(kernel.asm["cubin"])
         return subprocess.run(
-            [_tool("cuobjdump"), *flags, str(path)], capture_output=True, text=True, check=True
+            [tool("cuobjdump"), *flags, str(path)], capture_output=True, text=True, check=True
         ).stdout
 
 
@@ -183,18 +184,20 @@ def meta_inputs(case: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch
     return x, kernels, grad_out
 
 
-def launch(case: dict[str, Any], op: str) -> None:
-    """Call the real launcher of ``op`` (one of OPS) on the case's meta tensors."""
-    from udvd_triton.kernels import dynamic_filter as df
+def launch(case: dict[str, Any], op: str, policy: Any = None) -> None:
+    """Call the real launcher of ``op`` (one of OPS) on the case's meta tensors, with ``policy`` (a
+    ``LaunchPolicy``; default the launchers')."""
+    from udvd_triton.kernels import launch as lk
 
     x, kernels, grad_out = meta_inputs(case)
     args = (case["scale"], case["kernel_size"], case["depthwise"])
+    options = {} if policy is None else {"policy": policy}
     if op == "forward":
-        df.dynamic_filter_forward(x, kernels, *args)
+        lk.dynamic_filter_forward(x, kernels, *args, **options)
     elif op == "grad_x":
-        df.dynamic_filter_grad_x(grad_out, kernels, *args)
+        lk.dynamic_filter_grad_x(grad_out, kernels, *args, **options)
     elif op == "grad_kernels":
-        df.dynamic_filter_grad_kernels(grad_out, x, *args)
+        lk.dynamic_filter_grad_kernels(grad_out, x, *args, **options)
     else:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
@@ -242,14 +245,15 @@ def _constexprs(kernel) -> dict[str, Any]:
     return out
 
 
-def build_cases(cases: list[dict[str, Any]], ops: tuple[str, ...] = OPS) -> list[dict[str, Any]]:
-    """Compile every op of every case for Hopper; one row per (case, op) with the kernel's facts."""
+def build_cases(cases: list[dict[str, Any]], ops: tuple[str, ...] = OPS, policy: Any = None) -> list[dict[str, Any]]:
+    """Compile every op of every case for Hopper (with ``policy``, see :func:`launch`); one row per (case, op) with
+    the kernel's facts."""
     rows = []
     with compile_only() as compiled:
         for case in cases:
             for op in ops:
                 before, start = len(compiled), time.perf_counter()
-                launch(case, op)
+                launch(case, op, policy)
                 seconds = (time.perf_counter() - start) / max(1, len(compiled) - before)
                 for kernel, grid in compiled[before:]:
                     facts = kernel_facts(kernel)
@@ -258,7 +262,7 @@ def build_cases(cases: list[dict[str, Any]], ops: tuple[str, ...] = OPS) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m udvd_triton.kernels.cross_compile CASES.json``: print build_cases(cases) as JSON."""
+    """``python benchmarks/cross_compile.py CASES.json``: print build_cases(cases) as JSON."""
     (path,) = argv if argv is not None else sys.argv[1:]
     print(json.dumps(build_cases(json.loads(Path(path).read_text()))))
     return 0
