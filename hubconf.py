@@ -14,10 +14,10 @@ def udvd(name: str | None = None, pretrained: bool = True, device: Any = None, d
     pretrained=True: ``UDVD.from_pretrained(name, device, dtype)`` (registry name, checkpoint folder or
     .safetensors file, or hf:owner/repo); ``name=None`` takes the registry's default model for ``scale`` (2 if not
     given); a ``scale`` keyword makes a checkpoint of another scale an error.
-    pretrained=False: a freshly initialised ``UDVD(**config)`` (e.g. scale=3, n_feats=64), ``name`` unused.
+    pretrained=False: a freshly initialised ``UDVD(**config)`` (e.g. scale=3, channels=64), ``name`` unused.
     """
     from udvd_triton import UDVD
-    from udvd_triton.zoo import default_model
+    from udvd_triton.registry import default_model
 
     if not pretrained:
         return UDVD(**config).to(device=device, dtype=dtype)

@@ -11,7 +11,7 @@ true Gaussian blur (15 x 15, sigma in HR pixels), image reflected by 2 kernel wi
 clipped and rounded to uint8. The Wiener noise-to-signal ratio is chosen per grid cell from ``NSRS`` by the best mean
 PSNR over the images (an oracle choice: the pipeline's best case, which a user would have to tune for).
 
-The LR inputs and the scoring are ``udvd_triton.training.evaluate``'s (same seeds, quantisation, PSNR / SSIM on Y,
+The LR inputs and the scoring are ``udvd_triton.evaluate``'s (same seeds, quantisation, PSNR / SSIM on Y,
 border = scale), so the rows sit beside a model's ``udvd eval --json`` file; ``--compare`` prints them side by side
 and lists every cell and photo where each model loses.
 """
@@ -29,7 +29,8 @@ import numpy as np
 
 from udvd_triton.degradation import imresize, isotropic_gaussian
 from udvd_triton.files import write_json
-from udvd_triton.training.evaluate import KERNEL_SIZE, default_images, default_sigmas, evaluate, folder_images
+from udvd_triton.degradation import BLUR_SIZE
+from udvd_triton.evaluate import default_images, default_sigmas, evaluate, folder_images
 
 NSRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -69,7 +70,7 @@ class ClassicalPipeline:
 
     def upscale(self, lr: np.ndarray, blur_sigma: float, noise_level: float) -> np.ndarray:
         up = imresize(self._denoised(lr, noise_level), self.scale)
-        out = wiener(up, isotropic_gaussian(KERNEL_SIZE, blur_sigma), self.nsr)
+        out = wiener(up, isotropic_gaussian(BLUR_SIZE, blur_sigma), self.nsr)
         return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -79,7 +80,7 @@ def run(scale: int, images, sigmas, noises, seed: int) -> list[dict]:  # noqa: A
     best: dict[tuple[float, float], dict] = {}
     for nsr in NSRS:
         pipeline.nsr = nsr
-        for row in evaluate(pipeline, images, sigmas, noises, seed=seed):  # type: ignore[arg-type]
+        for row in evaluate(pipeline.upscale, scale, images, sigmas, noises, seed=seed):
             key = (row["sigma"], row["noise"])
             if key not in best or row["psnr"] > best[key]["psnr"]:
                 best[key] = {**row, "nsr": nsr}

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from udvd_triton import UDVD
-from udvd_triton.files import atomic_output, write_text
-from udvd_triton.zoo import MAX_SHARD_BYTES, WEIGHTS_NAME, save_checkpoint, sha256_file
+from udvd_triton.checkpoint import MAX_SHARD_BYTES, WEIGHTS_NAME, save_checkpoint
+from udvd_triton.files import atomic_output, sha256_file, write_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -57,8 +57,8 @@ def main() -> None:
         "name": args.name,
         "file": target.name,
         "sha256": sha256_file(target),
-        "scale": model.config["scale"],
-        "config": model.config,
+        "scale": model.config.scale,
+        "config": model.config.to_dict(),
         "training": args.training,
         "license": args.license,
     }

@@ -2,7 +2,7 @@
 # Train the paper-size models on a lent GPU, one call of under 10 minutes at a time (an H200 session's per-call
 # limit), resuming from the run left on the machine by the previous call. Each call stops cleanly after MINUTES
 # (checkpoint + final/), evaluates final/ on the GPU over the blur x noise grid and leaves in $OUT what a commit
-# needs: the float16 weights (one file under 16 MiB), the run's log.csv and config.json, the eval JSON.
+# needs: the float16 weights (one file under 16 MiB), the run's log.csv and settings.json, the eval JSON.
 #
 #   TASK=x2 STEPS=100000 MINUTES=8 bash scripts/gpu_train.sh   # continue udvd-x2 (new cosine from its weights)
 #   TASK=x3 STEPS=40000 MINUTES=8 bash scripts/gpu_train.sh    # udvd-x3 from the udvd-x2 body; again to resume
@@ -53,7 +53,7 @@ udvd eval --model "$RUN/final" --device "$DEVICE" --sigma $sigmas --noise 0 15 5
 mkdir -p "$OUT/weights"
 [ -f "$OUT/weights/registry.json" ] || echo '{"format_version": 1, "models": []}' > "$OUT/weights/registry.json"
 python3 scripts/add_to_registry.py "$RUN/final" "$name" --dtype float16 --license MIT --weights-dir "$OUT/weights" \
-    --training "$(python3 -c "import json; c = json.load(open('$RUN/config.json')); print(json.dumps(c))")"
+    --training "$(python3 -c "import json; c = json.load(open('$RUN/settings.json')); print(json.dumps(c))")"
 cp "$RUN/log.csv" "$OUT/$name.train-log.csv"
-cp "$RUN/config.json" "$OUT/$name.config.json"
+cp "$RUN/settings.json" "$OUT/$name.settings.json"
 tail -3 "$RUN/log.csv"

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_zoo import make_hf_cache, registry_entry, tiny_model, write_registry
 
 from udvd_triton import UDVD, files, imageio
 from udvd_triton.cli import main
+
+from conftest import make_hf_cache, registry_entry, tiny_model, write_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "chelsea.png"
@@ -271,12 +272,10 @@ def test_write_failure_keeps_the_old_output_and_stops(ckpt: Path, tmp_path: Path
     upscale = UDVD.upscale
     monkeypatch.setattr(UDVD, "upscale", lambda self, *x, **k: calls.append(1) or upscale(self, *x, **k))
 
-    def full(f, kind: bytes, data: bytes) -> None:  # noqa: ANN001
-        if kind == b"IDAT":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        f.write(data)
+    def full(fd: int) -> None:  # a full disk reports ENOSPC when the written data is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(imageio, "_png_chunk", full)
+    monkeypatch.setattr(os, "fsync", full)
     code, _, err = run(["upscale", str(a), str(b), "-o", str(out), "--model", str(ckpt), "--overwrite"], capsys)
     assert code == 2 and err.startswith("udvd: error: ") and f"cannot write {out / 'a_x2.png'}" in err
     assert "No space left" in err

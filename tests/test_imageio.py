@@ -132,12 +132,10 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.
     imageio.write_image(target, np.zeros((4, 4), np.uint8))
     before = target.read_bytes()
 
-    def full(f, kind: bytes, data: bytes) -> None:  # noqa: ANN001
-        if kind == b"IDAT":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        f.write(data)
+    def full(fd: int) -> None:  # a full disk reports ENOSPC when the written data is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(imageio, "_png_chunk", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(files.WriteError, match="No space left on device"):
         imageio.write_image(target, np.full((4, 4), 255, np.uint8))
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["x.png"]

@@ -19,7 +19,6 @@ from udvd_triton.inference import (
     auto_tile_size,
     estimate_noise_level,
     estimate_noise_map,
-    receptive_radius,
 )
 
 
@@ -30,7 +29,7 @@ def spread_model(seed: int = 0, **config) -> UDVD:
     """A tiny model with weights spread wider than the default init, so every branch and pixel matters, and an
     output centred on 0.5, so that little of it is clipped."""
     torch.manual_seed(seed)
-    model = UDVD(**{"scale": 2, "n_feats": 8, "n_blocks": 1, **config}).eval()
+    model = UDVD(**{"scale": 2, "channels": 8, "blocks": 1, **config}).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
@@ -41,7 +40,7 @@ def spread_model(seed: int = 0, **config) -> UDVD:
 def reference_sr(model: UDVD, rgb: np.ndarray, sigma: float, noise: float) -> np.ndarray:
     """Model output (unclipped) for an HWC float RGB image, with the code from degradation.kernel_code, in float64,
     on the image replicate-padded by the receptive radius and cropped back (what ``upscale`` computes)."""
-    r, s = receptive_radius(model.config), model.scale
+    r, s = model.receptive_radius, model.scale
     padded = np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge")
     h, w, _ = padded.shape
     code = torch.as_tensor(kernel_code(isotropic_gaussian(15, sigma)), dtype=torch.float64)
@@ -72,26 +71,26 @@ def rgb() -> np.ndarray:
 @pytest.mark.parametrize(
     "config",
     [
-        dict(scale=2, n_blocks=0, variant="UDD"),
-        dict(scale=2, n_blocks=2, variant="UDD"),
-        dict(scale=3, n_blocks=1, variant="UD"),
-        dict(scale=4, n_blocks=0, variant="D", kernel_size=7),
-        dict(scale=2, n_blocks=0, variant="U", kernel_size=11),
-        dict(scale=2, n_blocks=0, variant="baseline"),
+        dict(scale=2, blocks=0, variant="UDD"),
+        dict(scale=2, blocks=2, variant="UDD"),
+        dict(scale=3, blocks=1, variant="UD"),
+        dict(scale=4, blocks=0, variant="D", kernel_size=7),
+        dict(scale=2, blocks=0, variant="U", kernel_size=11),
+        dict(scale=2, blocks=0, variant="baseline"),
     ],
 )
 def test_receptive_radius_bounds_the_gradient_support(config) -> None:
     """d(one output pixel)/d(input) is zero farther than receptive_radius LR pixels from the pixel's LR cell."""
     model = spread_model(**config).double()
-    h = w = 2 * receptive_radius(model.config) + 9
+    h = w = 2 * model.receptive_radius + 9
     image = torch.rand(1, 3, h, w, dtype=torch.float64, requires_grad=True)
     code, noise = torch.randn(1, 15, h, w, dtype=torch.float64), torch.rand(1, 1, h, w, dtype=torch.float64)
     s, c = model.scale, h // 2
     model(image, code, noise)[-1][0, :, s * c + s - 1, s * c].sum().backward()
     rows, cols = torch.nonzero(image.grad[0].abs().sum(0), as_tuple=True)
     reach = max((rows - c).abs().max().item(), (cols - c).abs().max().item())
-    assert 0 < reach <= receptive_radius(model.config)
-    assert reach >= receptive_radius(model.config) - 3  # and not grossly loose
+    assert 0 < reach <= model.receptive_radius
+    assert reach >= model.receptive_radius - 3  # and not grossly loose
 
 
 @pytest.mark.parametrize(("scale", "tile", "size"), [(2, 30, (70, 61)), (2, 41, (65, 90)), (3, 27, (60, 50))])
@@ -183,7 +182,7 @@ def test_tile_below_the_minimum_is_raised_with_a_note(model: UDVD, caplog) -> No
     img = np.random.default_rng(0).random((40, 50, 3))
     with caplog.at_level(logging.WARNING, logger="udvd_triton"):
         out = model.upscale(img, tile=np.int64(3))  # numpy integers are integers
-    minimum = MIN_TILE_RADII * receptive_radius(model.config)
+    minimum = MIN_TILE_RADII * model.receptive_radius
     assert f"tile 3 raised to {minimum}" in caplog.text
     np.testing.assert_allclose(out, model.upscale(img), atol=1e-5)
 
@@ -321,7 +320,7 @@ def test_kernel_argument_and_checkpoint_basis(tmp_path, model: UDVD, rgb: np.nda
     other.save_pretrained(tmp_path)
     loaded = UDVD.from_pretrained(tmp_path)
     code = q.T @ torch.from_numpy(k).flatten()
-    r = receptive_radius(loaded.config)
+    r = loaded.receptive_radius
     padded = torch.from_numpy(np.pad(rgb, ((r, r), (r, r), (0, 0)), mode="edge")).permute(2, 0, 1)[None]
     with torch.no_grad():
         expected = loaded.double()(
@@ -383,7 +382,7 @@ def test_bad_arguments(model: UDVD, img, kwargs, match) -> None:
 
 def test_receptive_radius_formula_for_the_paper_model() -> None:
     # head 1 + 15 blocks * 2 = 31 LR; upsampling +2; two refinement stages reach 5 HR each: ceil(10 / 2) = 5.
-    assert receptive_radius(UDVD(scale=2).config) == 31 + 2 + math.ceil(10 / 2)
+    assert UDVD(scale=2).receptive_radius == 31 + 2 + math.ceil(10 / 2)
 
 
 # --- issue 10: images come back as they went in ---
@@ -411,7 +410,7 @@ def test_tiny_images_keep_their_colours(bundled: UDVD) -> None:
     assert np.abs(out.reshape(3, 2, 2, 2, 3).mean((1, 3)) - tiny).max() <= 16
     bicubic = np.clip(np.round(imresize(tiny / 255.0, 2) * 255), 0, 255)
     assert np.abs(out - bicubic).mean() < 8
-    r = 2 * receptive_radius(bundled.config)
+    r = 2 * bundled.receptive_radius
     in_context = bundled.upscale(np.pad(tiny, ((r, r), (r, r), (0, 0)), mode="edge"))[2 * r : -2 * r, 2 * r : -2 * r]
     np.testing.assert_array_equal(out, in_context)
     assert bundled.upscale(tiny[..., 0]).shape == (6, 4)
@@ -475,7 +474,7 @@ import numpy as np, torch
 from udvd_triton import UDVD, inference
 inference.CPU_TILE_BUDGET = 32 << 20
 torch.manual_seed(0)
-model = UDVD(scale=2, n_feats=4, n_blocks=0, variant="baseline").eval()
+model = UDVD(scale=2, channels=4, blocks=0, variant="baseline").eval()
 img = np.zeros((400, 600, 3), np.uint8)
 img[::7] = 200
 model.upscale(img[:64, :64])

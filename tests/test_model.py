@@ -131,7 +131,7 @@ def test_convert_handles_dataparallel_prefix_and_rejects_foreign_keys() -> None:
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variants_and_scales_shapes(scale: int, variant: str) -> None:
-    model = UDVD(scale=scale, n_feats=16, n_blocks=1, variant=variant)
+    model = UDVD(scale=scale, channels=16, blocks=1, variant=variant)
     outs = model(*inputs(n=2, h=5, w=4))
     assert len(outs) == 1 + variant.count("D")
     for o in outs:
@@ -159,7 +159,7 @@ def test_dynamic_upsampling_is_the_api_op() -> None:
     """With the residual branch zeroed, the U stage output is exactly dynamic_filter of the LR image."""
     from udvd_triton import dynamic_filter
 
-    model = UDVD(scale=3, n_feats=8, n_blocks=1, variant="U")
+    model = UDVD(scale=3, channels=8, blocks=1, variant="U")
     with torch.no_grad():
         model.upsample.feat_residual[-1].weight.zero_()
         model.upsample.feat_residual[-1].bias.zero_()
@@ -172,7 +172,7 @@ def test_dynamic_upsampling_is_the_api_op() -> None:
 
 
 def test_gradients_reach_every_parameter() -> None:
-    model = UDVD(scale=2, n_feats=8, n_blocks=2)
+    model = UDVD(scale=2, channels=8, blocks=2)
     image, code, noise = inputs(h=6, w=6)
     target = torch.rand(1, 3, 12, 12)
     loss = multistage_l1_loss(model(image, code, noise), target, weights=[0.5, 0.5, 1.0])
@@ -200,7 +200,7 @@ def test_bad_config_raises(kwargs, match) -> None:
 
 
 def test_bad_inputs_raise() -> None:
-    model = UDVD(scale=2, n_feats=8, n_blocks=1)
+    model = UDVD(scale=2, channels=8, blocks=1)
     image, code, noise = inputs(h=4, w=4)
     with pytest.raises(ValueError, match="image must have 3 channels"):
         model(torch.rand(1, 4, 4, 4), code, noise)
@@ -218,7 +218,7 @@ def test_kernel_basis_keeps_its_values_under_a_dtype_change(dtype: torch.dtype) 
     fine-tuning then refused."""
     from udvd_triton.model import default_kernel_basis
 
-    model = UDVD(scale=2, n_feats=8, n_blocks=1).to(dtype)
+    model = UDVD(scale=2, channels=8, blocks=1).to(dtype)
     assert next(model.parameters()).dtype == dtype
     assert model.kernel_basis.dtype == torch.float32 and torch.equal(model.kernel_basis, default_kernel_basis(15))
     assert model.to("meta").kernel_basis.device.type == "meta"  # it still follows the device
@@ -226,7 +226,7 @@ def test_kernel_basis_keeps_its_values_under_a_dtype_change(dtype: torch.dtype) 
 
 def test_torch_compile_matches_eager_on_cpu() -> None:
     """The CPU (reference-op) path compiles as one graph and computes what eager does."""
-    model = UDVD(scale=2, n_feats=8, n_blocks=1, kernel_size=3).eval()
+    model = UDVD(scale=2, channels=8, blocks=1, kernel_size=3).eval()
     args = inputs(h=8, w=7)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
@@ -238,7 +238,7 @@ def test_torch_compile_matches_eager_on_cpu() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_compile_matches_eager_on_cuda(dtype: torch.dtype) -> None:
     """The CUDA path (Triton op inside the graph) compiles and computes what eager does, forward and backward."""
-    model = UDVD(scale=2, n_feats=16, n_blocks=2).cuda()
+    model = UDVD(scale=2, channels=16, blocks=2).cuda()
     args = [t.cuda() for t in inputs(h=37, w=29)]
     compiled = torch.compile(model)
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
@@ -257,7 +257,7 @@ def test_fresh_model_starts_as_bicubic(scale: int) -> None:
 
     assert torch.equal(filter_taps(1, 5), F.one_hot(torch.tensor(12), 25).float())  # centre tap (dx=dy=2)
     torch.manual_seed(0)
-    model = UDVD(scale=scale, n_feats=16, n_blocks=1).double().eval()
+    model = UDVD(scale=scale, channels=16, blocks=1).double().eval()
     x = torch.rand(1, 3, 12, 14, dtype=torch.float64)
     with torch.no_grad():
         outs = model(x, torch.zeros(1, 15, 12, 14, dtype=torch.float64), torch.zeros(1, 1, 12, 14, dtype=torch.float64))

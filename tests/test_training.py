@@ -20,7 +20,7 @@ from udvd_triton import UDVD, multistage_l1_loss
 from udvd_triton.cli import build_parser, main, run_command
 from udvd_triton.degradation import imresize
 from udvd_triton.training.data import prepare_data
-from udvd_triton.training.evaluate import degraded_input
+from udvd_triton.evaluate import degraded_input
 from udvd_triton.training.synth import SynthConfig, synthesize
 from udvd_triton.training.trainer import Run, Schedule, TrainConfig, load_checkpoint, resume, train
 
@@ -56,7 +56,7 @@ def test_tiny_model_overfits_one_batch():
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 6, 6, generator=g), size=32, mode="bilinear")
     batch = synthesize(smooth.permute(0, 2, 3, 1).mul(255).to(torch.uint8), SynthConfig(2, noise_range=(0, 0)), g)
-    model = UDVD(2, n_feats=8, n_blocks=1)
+    model = UDVD(scale=2, channels=8, blocks=1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     losses = []
     for _ in range(250):
@@ -92,7 +92,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(data, tmp_path):
     for ra, rb in zip(rows_a, rows_b):  # timings differ, the numbers do not
         assert (ra["loss"], ra["lr"], ra["val_psnr"], ra["val_ssim"]) == (rb["loss"], rb["lr"], rb["val_psnr"], rb["val_ssim"])
     model = UDVD.from_pretrained(tmp_path / "b" / "final")
-    assert model.config["n_feats"] == 8 and model.scale == 2
+    assert model.config.channels == 8 and model.scale == 2
 
 
 def test_lr_follows_the_planned_curve_after_resume_and_after_an_extension(data, tmp_path):
@@ -118,7 +118,7 @@ def test_lr_follows_the_planned_curve_after_resume_and_after_an_extension(data, 
         assert ext[t] == pytest.approx(Schedule.plan(1e-3, 1e-5, 0.2, 60).lr_at(t - 1), rel=1e-12)
     rising = [ext[t] for t in range(20, 21 + ramp)]
     assert rising == sorted(rising) and rising[-1] > 0.4e-3  # back up from 1e-5, not stuck at the lowest LR
-    assert json.loads((tmp_path / "full" / "config.json").read_text())["steps"] == 60
+    assert json.loads((tmp_path / "full" / "settings.json").read_text())["steps"] == 60
     with pytest.raises(ValueError, match="already at step 60"):
         run_command(["train", "--out", str(tmp_path / "full"), "--resume", "--steps", "40", "--quiet"])
 
@@ -136,7 +136,7 @@ def test_resume_applies_safe_changes_with_a_note_and_refuses_the_others(data, tm
                  "--max-minutes", "60", "--quiet"])
     out = capsys.readouterr().out
     assert f"--data {moved} replaces the run's {data}" in out and "--max-minutes 60.0 replaces the run's 1e-09" in out
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["data"] == str(moved)
+    assert json.loads((tmp_path / "r" / "settings.json").read_text())["data"] == str(moved)
     other = tmp_path / "other"
     shutil.copytree(data, other)
     manifest = json.loads((other / "manifest.json").read_text())
@@ -144,6 +144,23 @@ def test_resume_applies_safe_changes_with_a_note_and_refuses_the_others(data, tm
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="other crops than this run was trained on"):
         run_command(["train", "--out", str(tmp_path / "r"), "--resume", "--data", str(other), "--steps", "8", "--quiet"])
+
+
+def test_a_run_folder_of_an_earlier_version_resumes(data, tmp_path):
+    """Runs of udvd-triton <= 0.1 kept their settings in config.json and their model config as n_feats / n_blocks:
+    they resume, and a changed setting is written back to their own config.json."""
+    run = tmp_path / "old"
+    run_command(["train", "--out", str(run), "--data", str(data), "--steps", "4", "--log-every", "2",
+                 "--val-every", "0", *TINY, "--max-minutes", "1e-9"])
+    (run / "settings.json").rename(run / "config.json")
+    state_file = run / json.loads((run / "checkpoint.json").read_text())["checkpoint"] / "state.json"
+    state = json.loads(state_file.read_text())
+    config = state["model_config"]
+    config["n_feats"], config["n_blocks"] = config.pop("channels"), config.pop("blocks")
+    state_file.write_text(json.dumps(state))
+    run_command(["train", "--out", str(run), "--resume", "--max-minutes", "60", "--quiet"])
+    assert json.loads((run / "config.json").read_text())["max_minutes"] == 60 and not (run / "settings.json").exists()
+    assert UDVD.from_pretrained(run / "final").config.channels == 8
 
 
 def test_bad_or_missing_checkpoints_are_one_line_errors(data, tmp_path, capsys):
@@ -219,14 +236,14 @@ def test_paper_size_training_checkpoint_is_sharded_under_16_mib(data, tmp_path):
     weights = sorted(p.name for p in (run / "final").iterdir())
     assert weights == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                        "model.safetensors.index.json"]
-    assert UDVD.from_pretrained(run / "final").config["n_feats"] == 128
+    assert UDVD.from_pretrained(run / "final").config.channels == 128
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--loss-weights", "nan", "1", "1"], "--loss-weights must be finite"),
     (["--loss-weights", "0", "0", "0"], "not all 0"),
     (["--lr", "nan"], "--lr must be a finite number"),
-    (["--lr", "-1"], "--lr must be a finite number in (0, inf]"),
+    (["--lr", "-1"], "--lr must be a finite number in (0, inf)"),
     (["--lr-min", "1"], "--lr-min must be a finite number in [0, 0.0002)"),
     (["--warmup", "1"], "--warmup must be"),
     (["--ema", "1"], "--ema must be"),
@@ -266,7 +283,7 @@ def test_non_finite_loss_stops_the_run_and_writes_no_final(data, tmp_path, monke
 
 def test_new_runs_never_write_into_a_model_or_a_used_folder(data, tmp_path):
     src = tmp_path / "model"
-    UDVD(2, n_feats=8, n_blocks=1).save_pretrained(src)
+    UDVD(scale=2, channels=8, blocks=1).save_pretrained(src)
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     common = ["--data", str(data), "--steps", "1", "--val-every", "0", *TINY]
     for out in (src, src / "sub"):
@@ -349,6 +366,7 @@ def test_a_cuda_device_always_gets_an_index(monkeypatch, name, local_rank, world
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert trainer._resolve_device(name, local_rank, world) == torch.device("cuda", index)
 
 
@@ -361,12 +379,12 @@ def test_no_pickle_loading_anywhere():
 
 
 def test_finetune_x3_from_x2_loads_the_matching_tensors(data, tmp_path):
-    src = UDVD(2, n_feats=8, n_blocks=1)
+    src = UDVD(scale=2, channels=8, blocks=1)
     src.save_pretrained(tmp_path / "x2")
     run_command(["finetune", "--from", str(tmp_path / "x2"), "--scale", "3", "--data", str(data), "--out", str(tmp_path / "ft"),
           "--steps", "1", "--val-every", "0", "--patch", "12", "--batch", "2", "--quiet"])
     report = json.loads((tmp_path / "ft" / "finetune.json").read_text())
-    s2, s3 = UDVD(2, 8, 1).state_dict(), UDVD(3, 8, 1).state_dict()
+    s2, s3 = UDVD(scale=2, channels=8, blocks=1).state_dict(), UDVD(scale=3, channels=8, blocks=1).state_dict()
     changed = {k for k in s3 if k not in s2 or s2[k].shape != s3[k].shape}
     stage = lambda k: k.split(".")[0] if k.startswith("upsample.") else ".".join(k.split(".")[:2])  # noqa: E731
     # every dynamic stage holding a changed tensor starts fresh whole; head and body load
@@ -397,7 +415,7 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(tmp_path / "ddp")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]  # one writer: rank 0
-    assert UDVD.from_pretrained(tmp_path / "ddp" / "final").config["n_blocks"] == 1
+    assert UDVD.from_pretrained(tmp_path / "ddp" / "final").config.blocks == 1
 
 
 def _y(img):
@@ -413,7 +431,7 @@ def test_eval_table_and_json(tmp_path, capsys):
     images.mkdir()
     Image.fromarray(skimage.data.chelsea()[100:160, 150:222]).save(images / "cat.png")
     Image.fromarray(skimage.data.coffee()[:50, :64]).save(images / "cup.png")
-    UDVD(2, n_feats=8, n_blocks=1).save_pretrained(tmp_path / "m")
+    UDVD(scale=2, channels=8, blocks=1).save_pretrained(tmp_path / "m")
     run_command(["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "0.5", "1.5", "--noise", "0", "10",
           "--json", str(tmp_path / "r.json"), "--quiet"])
     table = capsys.readouterr().out.strip().splitlines()
@@ -440,7 +458,7 @@ def test_eval_json_is_replaced_only_with_overwrite_and_only_if_ours(tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
     Image.fromarray(skimage.data.chelsea()[100:148, 150:198]).save(images / "cat.png")
-    UDVD(2, n_feats=8, n_blocks=1).save_pretrained(tmp_path / "m")
+    UDVD(scale=2, channels=8, blocks=1).save_pretrained(tmp_path / "m")
     args = ["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "1", "--noise", "0", "--quiet"]
     result = tmp_path / "r.json"
     run_command([*args, "--json", str(result)])
@@ -460,15 +478,15 @@ def test_finetune_reuses_a_dynamic_stage_whole_or_not_at_all():
     from udvd_triton.training.trainer import transfer_weights
 
     torch.manual_seed(0)
-    source = UDVD(2, n_feats=8, n_blocks=1)
+    source = UDVD(scale=2, channels=8, blocks=1)
     with torch.no_grad():
         for p in source.parameters():  # "trained": no tensor equals a fresh one
             p.add_(1.0)
-    target = UDVD(3, n_feats=8, n_blocks=1)
+    target = UDVD(scale=3, channels=8, blocks=1)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     loaded, reinit = transfer_weights(target, source.state_dict())
     assert loaded and all(k.split(".")[0] in ("head", "body", "kernel_basis") for k in loaded)
     assert "refine.0.feat_kernel.weight" in reinit and "upsample.image_conv.0.weight" in reinit
     state = target.state_dict()
     assert all(torch.equal(state[k], fresh[k]) for k in reinit)
-    assert transfer_weights(UDVD(2, n_feats=8, n_blocks=1), source.state_dict())[1] == []  # same scale: all of it
+    assert transfer_weights(UDVD(scale=2, channels=8, blocks=1), source.state_dict())[1] == []  # same scale: all of it

@@ -10,7 +10,8 @@ from PIL import Image
 
 from udvd_triton.degradation import degrade, kernel_code
 from udvd_triton.cli import run_command
-from udvd_triton.training.data import BatchSampler, CropDataset, load_rgb, prepare_data
+from udvd_triton.imageio import load_rgb
+from udvd_triton.training.data import BatchSampler, CropDataset, prepare_data
 from udvd_triton.training.synth import SynthConfig, degrade_batch, random_dihedral, sample_degradations, synthesize
 
 
@@ -118,7 +119,7 @@ def test_prepare_data_never_deletes_what_it_did_not_write(photos, tmp_path):
         second = prepare_data(photos, out, crop=24, val_count=0, overwrite=True, progress=False)
     assert {f["file"] for f in second["shards"]} >= {f["file"] for f in first["shards"]}
     assert set(_tree(out)) == {"manifest.json", *(f["file"] for f in second["shards"])}
-    assert CropDataset(out).patch == 24
+    assert CropDataset(out).crop == 24
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "prepared", "unrelated.txt"]
 
     other = tmp_path / "other"

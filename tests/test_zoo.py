@@ -1,6 +1,5 @@
 """Model zoo: save/load round trips, the registry, the Hugging Face cache path, torch.hub, and every load error."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,50 +12,10 @@ from safetensors.torch import save_file
 import udvd_triton
 from udvd_triton import UDVD, list_models
 from udvd_triton.degradation import pca_basis
-from udvd_triton.zoo import CheckpointError, default_model, load_registry, model_info
+from udvd_triton.checkpoint import CheckpointError
+from udvd_triton.registry import default_model, load_registry, model_info
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(scale=2, n_feats=8, n_blocks=1)
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def tiny_model(seed: int = 0, **config) -> UDVD:
-    torch.manual_seed(seed)
-    return UDVD(**{**TINY, **config})
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k].to(sa[k])), k
-
-
-def write_registry(path: Path, entries: list[dict]) -> Path:
-    path.write_text(json.dumps({"format_version": 1, "models": entries}))
-    return path
-
-
-def registry_entry(name: str, weights: Path, **overrides) -> dict:
-    entry = {
-        "name": name,
-        "file": weights.name,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "scale": 2,
-        "config": {**TINY},
-        "training": "test: 0 steps",
-        "license": "MIT",
-    }
-    return {**entry, **overrides}
-
-
-def make_hf_cache(cache: Path, repo_id: str, checkpoint_dir: Path, commit: str = COMMIT) -> None:
-    """The layout huggingface_hub keeps: models--owner--name/{refs/main, snapshots/<commit>/<files>}."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(checkpoint_dir, repo / "snapshots" / commit)
-
+from conftest import COMMIT, ROOT, TINY, assert_same_weights, make_hf_cache, registry_entry, tiny_model, write_registry
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> tuple[UDVD, Path]:
@@ -79,11 +38,11 @@ def offline_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_save_pretrained_writes_hf_layout_with_config_and_basis(checkpoint) -> None:
     model, path = checkpoint
     assert {"model.safetensors", "config.json"} <= {p.name for p in path.iterdir()}
-    assert json.loads((path / "config.json").read_text()) == model.config
+    assert json.loads((path / "config.json").read_text()) == model.config.to_dict()
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["udvd_config"]) == model.config
+        assert json.loads(f.metadata()["udvd_config"]) == model.config.to_dict()
         basis = f.get_tensor("kernel_basis")
     torch.testing.assert_close(basis, torch.as_tensor(pca_basis(), dtype=torch.float32))
 
@@ -137,7 +96,7 @@ def test_bundled_registry_is_valid_and_every_entry_is_reachable(monkeypatch) -> 
     monkeypatch.delenv("UDVD_REGISTRY", raising=False)
     for entry in load_registry().values():
         assert entry.path.is_file() or entry.hf_repo, entry.name
-        assert entry.config["scale"] == entry.scale
+        assert entry.config.scale == entry.scale
 
 
 def test_unknown_name_lists_models_and_suggests_closest(checkpoint, tmp_path: Path) -> None:
@@ -166,9 +125,9 @@ def test_registry_missing_file_and_config_mismatch(checkpoint) -> None:
     registry = write_registry(path / "reg.json", [registry_entry("gone", path / "model.safetensors", file="gone.st")])
     with pytest.raises(FileNotFoundError, match="gone.st"):
         UDVD.from_pretrained("gone", registry=registry)
-    wrong = registry_entry("wrong", path / "model.safetensors", config={**TINY, "n_feats": 16})
+    wrong = registry_entry("wrong", path / "model.safetensors", config={**TINY, "channels": 16})
     registry = write_registry(path / "reg.json", [wrong])
-    with pytest.raises(CheckpointError, match=r"differs .* in \['n_feats'\]"):
+    with pytest.raises(CheckpointError, match=r"differs .* in \['channels'\]"):
         UDVD.from_pretrained("wrong", registry=registry)
 
 
@@ -216,7 +175,7 @@ def test_hf_repo_from_offline_cache(checkpoint, offline_hf_cache: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
 def test_from_pretrained_on_a_missing_device_fails_before_loading(checkpoint, monkeypatch) -> None:
     _, path = checkpoint
-    monkeypatch.setattr("udvd_triton.zoo.read_checkpoint", lambda *a: pytest.fail("read before the device check"))
+    monkeypatch.setattr("udvd_triton.hub.read_checkpoint", lambda *a: pytest.fail("read before the device check"))
     with pytest.raises(ValueError, match=r"device 'cuda' requested but CUDA is not available .*use device='cpu'"):
         UDVD.from_pretrained(path, device="cuda")
     with pytest.raises(ValueError, match="invalid device 'gpu'"):
@@ -240,7 +199,7 @@ def test_torch_hub_entry_point(checkpoint) -> None:
     model, path = checkpoint
     loaded = torch.hub.load(str(ROOT), "udvd", name=str(path), source="local", trust_repo=True)
     assert_same_weights(model, loaded)
-    fresh = torch.hub.load(str(ROOT), "udvd", pretrained=False, scale=3, n_feats=8, n_blocks=1, source="local")
+    fresh = torch.hub.load(str(ROOT), "udvd", pretrained=False, scale=3, channels=8, blocks=1, source="local")
     assert fresh.scale == 3
     with pytest.raises(CheckpointError, match="x2 model, but x4"):
         torch.hub.load(str(ROOT), "udvd", name=str(path), scale=4, source="local")
@@ -322,7 +281,7 @@ def test_config_that_does_not_fit_the_tensors(checkpoint, tmp_path: Path) -> Non
     _, path = checkpoint
     state = dict(tiny_model().state_dict())
     with pytest.raises(CheckpointError, match=r"wrong shapes: head.weight \(8, 19, 3, 3\) \(model expects \(16"):
-        UDVD.from_pretrained(_save_state(tmp_path / "a.safetensors", state, {**TINY, "n_feats": 16}))
+        UDVD.from_pretrained(_save_state(tmp_path / "a.safetensors", state, {**TINY, "channels": 16}))
     ud_state = dict(tiny_model(variant="UD").state_dict())
     with pytest.raises(CheckpointError, match=r"missing tensors: refine.1"):
         UDVD.from_pretrained(_save_state(tmp_path / "b.safetensors", ud_state, TINY))
@@ -331,8 +290,8 @@ def test_config_that_does_not_fit_the_tensors(checkpoint, tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match=r"does not take: \['width'\]"):
         UDVD.from_pretrained(_save_state(tmp_path / "d.safetensors", state, {**TINY, "width": 3}))
     # config.json beside the file disagrees with the file's metadata
-    (path / "config.json").write_text(json.dumps({**TINY, "n_blocks": 2}))
-    with pytest.raises(CheckpointError, match=r"differs .* in \['n_blocks'\]"):
+    (path / "config.json").write_text(json.dumps({**TINY, "blocks": 2}))
+    with pytest.raises(CheckpointError, match=r"differs .* in \['blocks'\]"):
         UDVD.from_pretrained(path)
 
 
@@ -392,7 +351,7 @@ def test_bundled_models_keep_the_training_basis() -> None:
     basis = torch.as_tensor(pca_basis(), dtype=torch.float32)
     for name, entry in load_registry().items():
         if entry.path.is_file():
-            assert torch.equal(UDVD.from_pretrained(name).kernel_basis, basis[: entry.config["code_len"]]), name
+            assert torch.equal(UDVD.from_pretrained(name).kernel_basis, basis[: entry.config.code_len]), name
 
 
 # --- sharded and float16 checkpoints ---
@@ -400,7 +359,7 @@ def test_bundled_models_keep_the_training_basis() -> None:
 
 def test_paper_size_weights_are_sharded_under_16_mib(tmp_path: Path) -> None:
     """The paper model (18.4 MiB of float32) is written as <= 16 MiB shards with a Hugging Face index, and loads."""
-    from udvd_triton.zoo import MAX_SHARD_BYTES
+    from udvd_triton.checkpoint import MAX_SHARD_BYTES
 
     model = UDVD(scale=2)
     model.save_pretrained(tmp_path / "big")
@@ -421,7 +380,7 @@ def assert_float16_parameters(model: UDVD, loaded: UDVD) -> None:
 
 
 def test_float16_and_many_shards_round_trip(tmp_path: Path) -> None:
-    from udvd_triton.zoo import save_checkpoint
+    from udvd_triton.checkpoint import save_checkpoint
 
     model = tiny_model()
     save_checkpoint(model, tmp_path / "half", dtype=torch.float16)
@@ -442,7 +401,7 @@ def test_float16_and_many_shards_round_trip(tmp_path: Path) -> None:
 
 
 def test_broken_shards_and_indexes_are_checkpoint_errors(tmp_path: Path) -> None:
-    from udvd_triton.zoo import save_checkpoint
+    from udvd_triton.checkpoint import save_checkpoint
 
     folder = tmp_path / "m"
     index = save_checkpoint(tiny_model(), folder, max_shard_bytes=160_000)

@@ -2,7 +2,7 @@
 
 Command groups add their sub-commands with a ``register(subparsers)`` function (listed in ``COMMAND_GROUPS``);
 each sub-command sets ``handler``, a function of the parsed arguments returning the exit code. Error policy:
-a handler raises one of ``USER_ERRORS`` (ValueError, including ``zoo.CheckpointError``, FileNotFoundError,
+a handler raises one of ``USER_ERRORS`` (ValueError, including ``checkpoint.CheckpointError``, FileNotFoundError,
 FileExistsError, ``files.WriteError``, ...) for a user mistake or an output that cannot be written; ``main`` prints it as one line ``udvd: error: ...`` and returns 2,
 like argparse does for a bad option. Anything else is a bug and keeps its traceback.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from udvd_triton import files, imageio
+from udvd_triton.degradation import SCALES
+from udvd_triton.devices import parse_device
 from udvd_triton.files import WriteError
 from udvd_triton.inference import CPU_TILE_BUDGET, DEFAULT_BLUR_SIGMA, MIN_TILE_RADII
 from udvd_triton.training import cli as training_cli
@@ -135,12 +137,7 @@ def _load_map(path: str, name: str, white: float):  # -> np.ndarray (h, w) float
 
 
 def _device(text: str | None, half: bool) -> tuple[torch.device, torch.dtype]:
-    try:
-        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise ValueError(f"invalid --device {text!r} (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda given but CUDA is not available")
+    device = parse_device(text, "--device")
     if half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 on the CPU is slow and inaccurate)")
     return device, torch.float16 if half else torch.float32
@@ -160,8 +157,8 @@ def _degradation_args(args: argparse.Namespace) -> tuple[object, object]:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from udvd_triton.model import UDVD
-    from udvd_triton.zoo import default_model
+    from udvd_triton.hub import UDVD
+    from udvd_triton.registry import default_model
 
     inputs = _collect_inputs(args.inputs)
     infos = [imageio.probe(path) for path in inputs]  # every input is an image we can read before any work starts
@@ -192,7 +189,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from udvd_triton.zoo import load_registry, registry_path
+    from udvd_triton.registry import load_registry, registry_path
 
     entries = load_registry()
     if not entries:
@@ -201,7 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [("NAME", "SCALE", "DEFAULT", "ARCH", "LICENSE", "SOURCE", "TRAINING")]
     for e in entries.values():
         c = e.config
-        arch = f"{c.get('variant', 'UDD')} {c.get('n_feats', 128)}ch x{c.get('n_blocks', 15)}"
+        arch = f"{c.variant} {c.channels}ch x{c.blocks}"
         source = e.file if e.path.is_file() else f"hf:{e.hf_repo}" if e.hf_repo else f"{e.file} (missing)"
         rows.append((e.name, f"x{e.scale}", "yes" if e.default else "", arch, e.license, source, e.training))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -227,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (one input) or folder")
     p.add_argument("--model", default=None, help="registry name, checkpoint folder or .safetensors file, "
                    "or hf:owner/repo[@revision] (default: the registry's default model for --scale; see 'udvd models')")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None,
+    p.add_argument("--scale", type=int, choices=SCALES, default=None,
                    help="upscaling factor: picks the default model, and a --model of another scale is an error "
                    "(default: the model's scale, 2 without --model)")
     p.add_argument("--sigma", type=float, default=None, metavar="S",

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-KERNEL_SIZE = 15
+BLUR_SIZE = 15  # side of the SRMD blur kernels (HR pixels)
 CODE_LENGTH = 15
-DEGRADE_SCALES = (2, 3, 4)
+SCALES = (2, 3, 4)  # the super-resolution factors of the SRMD degradation model, and of every UDVD
+# Isotropic Gaussian blur widths (std, HR pixels) of SRMD's training range per scale: what the models are trained on.
+SIGMA_RANGES = {2: (0.2, 2.0), 3: (0.2, 3.0), 4: (0.2, 4.0)}
 PCA_FILE = "kernel_pca.npy"
 # Sampling of the PCA training set: SRMD's widest x4 range, half isotropic and half anisotropic kernels.
 PCA_SIGMA_RANGE = (0.2, 4.0)
@@ -63,7 +65,7 @@ def gaussian_kernels(
     sigma_x: torch.Tensor | float,
     sigma_y: torch.Tensor | float | None = None,
     theta: torch.Tensor | float = 0.0,
-    size: int = KERNEL_SIZE,
+    size: int = BLUR_SIZE,
     dtype: torch.dtype | None = None,
     *,
     check: bool = True,
@@ -109,7 +111,7 @@ def gaussian_kernels(
     return k if dtype is None else k.to(dtype)
 
 
-def anisotropic_gaussian(size: int = KERNEL_SIZE, theta: float = 0.0, l1: float = 6.0, l2: float = 6.0) -> np.ndarray:
+def anisotropic_gaussian(size: int = BLUR_SIZE, theta: float = 0.0, l1: float = 6.0, l2: float = 6.0) -> np.ndarray:
     """(size, size) float64 Gaussian kernel with covariance ``V diag(l1, l2) V^-1`` (SRMD/KAIR), summing to 1.
 
     ``l1``, ``l2``: variances (eigenvalues of the covariance) in HR pixels^2; ``theta``: rotation in radians.
@@ -119,7 +121,7 @@ def anisotropic_gaussian(size: int = KERNEL_SIZE, theta: float = 0.0, l1: float 
     return gaussian_kernels(math.sqrt(l1), math.sqrt(l2), theta, size)[0].numpy()
 
 
-def isotropic_gaussian(size: int = KERNEL_SIZE, sigma: float = 1.0) -> np.ndarray:
+def isotropic_gaussian(size: int = BLUR_SIZE, sigma: float = 1.0) -> np.ndarray:
     """(size, size) float64 isotropic Gaussian kernel of width (standard deviation) ``sigma`` HR pixels."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
@@ -370,8 +372,8 @@ def degrade(
         (blur and resize run in float64 for numpy, in the tensor's dtype for torch).
     """
     _check_image(hr, "hr")
-    if scale not in DEGRADE_SCALES:
-        raise ValueError(f"scale must be one of {DEGRADE_SCALES}, got {scale!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     h, w = hr.shape[:2] if isinstance(hr, np.ndarray) else hr.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f"HR size {h}x{w} must be divisible by scale {scale}; crop it first")
@@ -459,8 +461,8 @@ def pca_basis() -> np.ndarray:
         )
     with resource.open("rb") as f:
         basis = np.load(f)
-    if basis.shape != (CODE_LENGTH, KERNEL_SIZE * KERNEL_SIZE):
-        raise ValueError(f"{PCA_FILE} has shape {basis.shape}, expected {(CODE_LENGTH, KERNEL_SIZE * KERNEL_SIZE)}")
+    if basis.shape != (CODE_LENGTH, BLUR_SIZE * BLUR_SIZE):
+        raise ValueError(f"{PCA_FILE} has shape {basis.shape}, expected {(CODE_LENGTH, BLUR_SIZE * BLUR_SIZE)}")
     basis.setflags(write=False)
     return basis
 

@@ -9,7 +9,6 @@ border = scale, the standard SR protocol.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any

@@ -8,6 +8,7 @@ it dangles, so a link at an output path is never written through.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -71,6 +72,15 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> None:
     """Write ``obj`` as JSON (with a final newline) to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_writable_folder(folder: str | os.PathLike[str]) -> None:

@@ -40,7 +40,7 @@ _PNG_CHANNELS = {t: c for c, t in _PNG_COLOR_TYPES.items()}
 _BOMB_HINT = "a possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
 _PNG_ROWS_PER_BLOCK = 64  # rows filtered and compressed at a time: memory independent of the image size
 # PIL mode -> (numpy dtype, channels) for modes kept as they are; other modes are converted (see _pil_array).
-_PIL_MODES = {
+PIL_MODES = {
     "L": (np.uint8, 1), "LA": (np.uint8, 2), "RGB": (np.uint8, 3), "RGBA": (np.uint8, 4),
     "I;16": (np.uint16, 1), "I;16L": (np.uint16, 1), "I;16B": (np.uint16, 1), "F": (np.float32, 1),
 }
@@ -67,8 +67,8 @@ class ImageInfo:
 
 def _pil_layout(img: Image.Image) -> tuple[np.dtype, int]:
     """(dtype, channels) of the array ``_pil_array`` makes of ``img``."""
-    if img.mode in _PIL_MODES:
-        dtype, channels = _PIL_MODES[img.mode]
+    if img.mode in PIL_MODES:
+        dtype, channels = PIL_MODES[img.mode]
         return np.dtype(dtype), channels
     if img.mode.startswith(("I", "F")):
         raise ValueError(f"unsupported sample type (PIL mode {img.mode})")
@@ -153,7 +153,7 @@ def _pil_array(img: Image.Image) -> np.ndarray:
     16-bit gray PNG (Pillow < 11) becomes uint16."""
     if img.mode == "I" and img.format == "PNG":
         return np.asarray(img).astype(np.uint16)
-    if img.mode not in _PIL_MODES:
+    if img.mode not in PIL_MODES:
         dtype, channels = _pil_layout(img)
         img = img.convert({1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels])
     arr = np.asarray(img)
@@ -338,3 +338,27 @@ def is_ours(path: str | os.PathLike[str]) -> bool:
     except Exception:  # unreadable: certainly not an image we wrote
         return False
     return isinstance(software, str) and software.startswith(MARKER)
+
+
+def image_files(src: str | os.PathLike[str]) -> list[Path]:
+    """All files under ``src`` (recursive, sorted) whose suffix PIL can read.
+
+    Raises FileNotFoundError / NotADirectoryError for a missing or non-folder ``src``, ValueError when it holds no
+    image file.
+    """
+    root = Path(src)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    suffixes = {s.lower() for s in Image.registered_extensions()}
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not found:
+        raise ValueError(f"no image files in {root} (searched recursively for PIL-readable suffixes)")
+    return found
+
+
+def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to a new uint8 (H, W, 3) RGB array through ``imageio`` (EXIF orientation applied,
+    alpha dropped, gray replicated, 16-bit and float images scaled to 8 bits rather than clipped)."""
+    return to_rgb8(read_image(path)[0])

@@ -10,7 +10,7 @@ Gaussian in HR pixels; 0 = none), a 15x15 ``kernel`` or kernel-PCA ``code``; the
 "auto" (one Immerkaer estimate per image) or "auto-map" (a local one). Widths, levels, kernels and codes may vary
 per pixel: maps of any size, resized bilinearly to the LR size (``F.interpolate``, ``align_corners=False``).
 
-Streaming: the LR image is cut into tiles; each is run with a margin of ``receptive_radius`` LR pixels of real
+Streaming: the LR image is cut into tiles; each is run with a margin of the model's ``receptive_radius`` LR pixels of real
 context around it (its window), windows of one size are batched, and only each tile's own part of the output is
 converted to the output's dtype and written into the output, allocated once at its final size and dtype. The margin
 covers everything an output pixel depends on, so the result equals the untiled one up to float rounding. Peak
@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from udvd_triton.degradation import gaussian_kernels, imresize, kernel_code
-
-if TYPE_CHECKING:
-    from udvd_triton.model import UDVD
+from udvd_triton.imageio import PIL_MODES
+from udvd_triton.model import UDVDNet
 
 log = logging.getLogger(__name__)
 
@@ -56,45 +55,24 @@ PROGRESS_LOG_SECONDS = 30.0  # period of the progress log lines when stderr is n
 _ALPHA_REACH = 3  # LR pixels the bicubic upscaling of alpha reaches (taps at distance <= 2, plus rounding)
 _CODE_CHUNK = 4096  # kernels encoded at a time (a chunk of 15x15 float64 kernels is 7 MB)
 _INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
-_PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1, "I;16L": 1, "I;16B": 1, "F": 1}
-
-# Layer counts of the UDVD modules (model.py) that set the receptive field.
-_GUIDE_CONVS = 3  # image_conv: three 3x3 convs on the stage's input image
-_REFINE_RESIDUAL_CONVS = 2  # CommonDynamicConv.feat_residual: two 3x3 convs at HR
 
 
-def receptive_radius(config: dict[str, Any]) -> int:
-    """Radius, in LR pixels, of the input region that one output pixel of ``UDVD(**config)`` depends on.
-
-    Every 3x3 conv adds 1 pixel of its resolution, a k x k dynamic filter (k-1)/2; parallel branches take the max.
-    LR part: features = head + 2 convs per block; the upsampling stage's predictor convs see max(features, guide)
-    plus 1 (kernel/residual conv) plus 1 (the residual's HR conv, at most 1 LR pixel); its filter taps reach p.
-    Each refinement stage reaches max(guide + residual convs, guide + kernel conv, p) HR pixels into the previous
-    output (its LR-feature input is covered by the LR part), converted to LR pixels by ceil(/ scale).
-    """
-    scale, p = config["scale"], (config["kernel_size"] - 1) // 2
-    features = 1 + 2 * config["n_blocks"]
-    radius = max(max(features, _GUIDE_CONVS) + 2, p)
-    hr_per_stage = max(_GUIDE_CONVS + _REFINE_RESIDUAL_CONVS, _GUIDE_CONVS + 1, p)
-    return radius + math.ceil(config["variant"].count("D") * hr_per_stage / scale)
-
-
-def _bytes_per_lr_pixel(model: UDVD, dtype: torch.dtype) -> int:
+def _bytes_per_lr_pixel(model: UDVDNet, dtype: torch.dtype) -> int:
     """Rough peak activation bytes per LR pixel of a forward pass: a few LR feature maps, and per HR pixel the
     aligned features, guide, kernels and residual maps (measured on CPU: 3.6-4.5 kB for udvd-x2-small in float32,
     this gives 5.3 kB)."""
     c = model.config
-    s2, k2 = c["scale"] ** 2, c["kernel_size"] ** 2
-    elems = 4 * c["n_feats"] + s2 * (3 * c["n_feats"] + 2 * k2 + 128) + k2 * s2
+    s2, k2 = c.scale**2, c.kernel_size**2
+    elems = 4 * c.channels + s2 * (3 * c.channels + 2 * k2 + 128) + k2 * s2
     return elems * torch.finfo(dtype).bits // 8
 
 
-def _margin(model: UDVD) -> int:
+def _margin(model: UDVDNet) -> int:
     """LR pixels of context around a tile: the receptive radius, and at least what the bicubic alpha needs."""
-    return max(receptive_radius(model.config), _ALPHA_REACH)
+    return max(model.receptive_radius, _ALPHA_REACH)
 
 
-def auto_tile_size(model: UDVD, free_bytes: int, dtype: torch.dtype, images: int = 1) -> int:
+def auto_tile_size(model: UDVDNet, free_bytes: int, dtype: torch.dtype, images: int = 1) -> int:
     """Largest LR tile side whose window (tile + 2 margins) for ``images`` images should fit a forward pass in half
     of ``free_bytes``; at least 16."""
     per_pixel = images * _bytes_per_lr_pixel(model, dtype)
@@ -190,8 +168,8 @@ def _check_float_range(low: float, high: float) -> None:
 def _as_input(img: ImageLike) -> _Input:
     """Check ``img`` (kind, layout, dtype, float range) and wrap it without copying (PIL: one numpy copy)."""
     if isinstance(img, Image.Image):
-        if img.mode not in _PIL_MODES:
-            raise ValueError(f"unsupported PIL image mode {img.mode!r}: convert it to one of {sorted(_PIL_MODES)}")
+        if img.mode not in PIL_MODES:
+            raise ValueError(f"unsupported PIL image mode {img.mode!r}: convert it to one of {sorted(PIL_MODES)}")
         arr = np.asarray(img)
         arr = arr.astype(np.uint16) if img.mode.startswith("I;16") else arr
         image = _as_input(arr)
@@ -559,7 +537,7 @@ def _splits(length: int, tile: int) -> list[int]:
     return [round(i * length / count) for i in range(count + 1)]
 
 
-def _plan(model: UDVD, image: _Input, tile: int | None, device: torch.device, dtype: torch.dtype) -> _Plan:
+def _plan(model: UDVDNet, image: _Input, tile: int | None, device: torch.device, dtype: torch.dtype) -> _Plan:
     n, _, h, w = image.shape
     margin = _margin(model)
     min_tile = MIN_TILE_RADII * margin
@@ -588,7 +566,7 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _cpu_channels_last(model: UDVD, device: torch.device) -> Iterator[None]:
+def _cpu_channels_last(model: UDVDNet, device: torch.device) -> Iterator[None]:
     """On a CPU, run the convolutions with channels-last weights (oneDNN is ~1.4x faster with them on
     256-512 px windows), restoring the model's own weight tensors afterwards."""
     swapped = []
@@ -607,7 +585,7 @@ def _cpu_channels_last(model: UDVD, device: torch.device) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- upscale
 
 
-def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out: _Output, progress: bool) -> None:
+def _run(model: UDVDNet, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out: _Output, progress: bool) -> None:
     """Fill ``out`` window batch by window batch (see the module docstring)."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -645,7 +623,7 @@ def _run(model: UDVD, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out
 
 
 def upscale(
-    model: UDVD,
+    model: UDVDNet,
     img: ImageLike,
     blur_sigma: MapLike = DEFAULT_BLUR_SIGMA,
     noise_level: MapLike | str = 0.0,

@@ -1,7 +1,7 @@
 """The UDVD network (Xu et al., CVPR 2020) and its ablation variants.
 
 Input: the SRMD-style stack of the LR image (3 ch), the kernel-PCA code (15 ch) and the noise level (1 ch), each
-degradation parameter stretched to a map at LR size. Body: EDSR-style conv head, ``n_blocks`` residual blocks
+degradation parameter stretched to a map at LR size. Body: EDSR-style conv head, ``blocks`` residual blocks
 (res_scale 0.1) and a global skip. Refinement by dynamic filters:
 
 * ``upsample``: per LR pixel, a k x k kernel for each of the s*s sub-pixels is predicted from the body features and
@@ -22,6 +22,7 @@ prefix rename.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,12 +30,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from udvd_triton.degradation import cubic_taps, pca_basis
+from udvd_triton import settings
+from udvd_triton.degradation import CODE_LENGTH, SCALES, cubic_taps, pca_basis
 from udvd_triton.ops import dynamic_filter
-from udvd_triton.zoo import ZooMixin
+from udvd_triton.settings import setting
 
 VARIANTS = ("baseline", "D", "U", "UD", "UDD")
-MODEL_SCALES = (2, 3, 4)
+FILTER_SIZES = (1, 3, 5, 7, 9, 11, 13, 15)  # dynamic-filter sides k: odd (the paper: 5; sm_90 builds checked to 9)
+MAX_CHANNELS = 1024  # bounds that refuse configs nobody means (a typo's 10**7 blocks) before any memory is allocated
+MAX_BLOCKS = 256
+LEGACY_KEYS = {"n_feats": "channels", "n_blocks": "blocks"}  # config keys of udvd-triton <= 0.1 checkpoints
 GUIDE_CHANNELS = 32  # output width of the image guide branch (3 -> 16 -> 16 -> 32 in the paper's reference)
 RESIDUAL_CHANNELS = 16  # width of the residual branches before their last conv
 
@@ -117,10 +122,10 @@ class UpsampleDynamicConv(nn.Module):
     With ``dynamic=False`` (baseline and "D" variants) only the sub-pixel residual branch produces the output.
     """
 
-    def __init__(self, n_feats: int, scale: int, kernel_size: int, image_channels: int, dynamic: bool) -> None:
+    def __init__(self, channels: int, scale: int, kernel_size: int, image_channels: int, dynamic: bool) -> None:
         super().__init__()
         self.scale, self.kernel_size = scale, kernel_size
-        cat = GUIDE_CHANNELS + n_feats
+        cat = GUIDE_CHANNELS + channels
         self.image_conv = _image_guide(image_channels)
         self.feat_residual = nn.Sequential(
             _conv(cat, RESIDUAL_CHANNELS * scale * scale),
@@ -143,12 +148,12 @@ class UpsampleDynamicConv(nn.Module):
 class CommonDynamicConv(nn.Module):
     """Refinement stage at HR: previous output (N, C_img, H, W) + LR features -> refined output, same shape."""
 
-    def __init__(self, n_feats: int, scale: int, kernel_size: int, image_channels: int) -> None:
+    def __init__(self, channels: int, scale: int, kernel_size: int, image_channels: int) -> None:
         super().__init__()
         self.kernel_size = kernel_size
-        cat = GUIDE_CHANNELS + n_feats
+        cat = GUIDE_CHANNELS + channels
         self.image_conv = _image_guide(image_channels)
-        self.feat_conv = FeatureAligner(n_feats, scale)
+        self.feat_conv = FeatureAligner(channels, scale)
         self.feat_residual = nn.Sequential(
             _conv(cat, RESIDUAL_CHANNELS), nn.ReLU(inplace=True), _conv(RESIDUAL_CHANNELS, image_channels)
         )
@@ -168,68 +173,116 @@ def default_kernel_basis(code_len: int = 15) -> torch.Tensor:
     return basis[:code_len]
 
 
-class UDVD(nn.Module, ZooMixin):
-    """Unified Dynamic Convolutional Network for SR with Variational Degradations.
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a UDVD network: every constructor argument, with its meaning, unit and allowed values.
 
-    Args:
-        scale: upscaling factor, 2, 3 or 4.
-        n_feats: body width (128 in the paper).
-        n_blocks: number of residual blocks (15).
-        res_scale: residual scaling in the blocks (0.1).
-        kernel_size: size k of the per-pixel dynamic kernels (5), odd.
-        variant: one of ``VARIANTS``; "UDD" is the paper's model.
-        image_channels: channels of the image (3, RGB).
-        code_len: length of the kernel-PCA code (15).
+    Stored as ``config.json`` beside checkpoints and in their safetensors metadata. ``from_dict`` reads files of
+    earlier versions, whose width and depth were called ``n_feats`` / ``n_blocks``.
+    """
+
+    scale: int = setting(2, "upscaling factor: one of the scales UDVD supports", int, choices=SCALES)
+    channels: int = setting(128, "width of the body", int, unit="feature channels", low=1, high=MAX_CHANNELS)
+    blocks: int = setting(15, "residual blocks of the body", int, low=0, high=MAX_BLOCKS)
+    res_scale: float = setting(0.1, "residual scaling in the blocks", float, low=0, high=10)
+    kernel_size: int = setting(5, "side k of the per-pixel dynamic filters, odd", int, unit="pixels",
+                               choices=FILTER_SIZES)
+    variant: str = setting("UDD", "ablation variant (U: dynamic upsampling, D: a common dynamic conv)", str,
+                           choices=VARIANTS)
+    image_channels: int = setting(3, "channels of the image", int, choices=(1, 2, 3, 4))
+    code_len: int = setting(15, "length of the kernel-PCA code of the blur", int, low=1, high=CODE_LENGTH)
+
+    def __post_init__(self) -> None:
+        settings.check(self, lambda name: f"UDVD {name} ({settings.spec_of(self, name).help})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """A config from JSON: unknown keys are refused (ValueError naming them), the keys of earlier versions
+        (``LEGACY_KEYS``) are read under their current names, missing keys take their defaults."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a model config must be a JSON object, got {type(data).__name__}")
+        renamed = {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+        if len(renamed) != len(data):
+            raise ValueError(f"a model config names a setting twice (under its old and new name): {sorted(data)}")
+        unknown = sorted(set(renamed) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"the model does not take: {unknown} (its config: {[f.name for f in dataclasses.fields(cls)]})")
+        return cls(**renamed)
+
+
+def _reach(module: nn.Module) -> int:
+    """Pixels, at the module's input resolution, that one output pixel of a conv stack reaches on each side: every
+    k x k conv adds (k - 1) / 2 pixels of its own resolution; after a ``PixelShuffle(s)`` those are 1/s input pixels
+    (rounded up at the end)."""
+    reach, after_shuffle, shuffle = 0, 0, 1
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            r = (layer.kernel_size[0] - 1) // 2 * layer.dilation[0]
+            if shuffle == 1:
+                reach += r
+            else:
+                after_shuffle += r
+        elif isinstance(layer, nn.PixelShuffle):
+            shuffle = layer.upscale_factor
+    return reach + -(-after_shuffle // shuffle)
+
+
+class UDVDNet(nn.Module):
+    """The UDVD network: Unified Dynamic Convolutional Network for SR with Variational Degradations.
+
+    ``UDVDNet(config)`` or ``UDVDNet(scale=3, channels=64, ...)``: the fields of :class:`ModelConfig` (scale 2, 3 or
+    4; 128 channels, 15 blocks, res_scale 0.1, 5x5 dynamic filters, variant "UDD" are the paper's model). The network
+    alone; :class:`udvd_triton.UDVD` adds the model zoo (``from_pretrained``, ``save_pretrained``) and ``upscale``.
 
     Buffer ``kernel_basis`` (code_len, 225): the kernel-PCA basis the model is trained with (by default
     ``degradation.pca_basis()``); saved in checkpoints, so ``upscale`` encodes a blur kernel k as
     ``kernel_basis @ k.ravel()`` with the basis the checkpoint was trained with. It follows the model's device but
     keeps its float32 values under ``.half()`` / ``.to(dtype)``.
-    Zoo methods (``ZooMixin``): ``from_pretrained``, ``save_pretrained``, ``push_to_hub``, ``upscale``.
 
     ``forward(image, kernel_code, noise_map)`` takes image (N, 3, h, w) in [0, 1], kernel_code (N, 15, h, w) and
     noise_map (N, 1, h, w) = noise sigma / 255, and returns a tuple of stage outputs, each (N, 3, s*h, s*w);
     the last one is the final prediction.
     """
 
-    def __init__(
-        self,
-        scale: int = 2,
-        n_feats: int = 128,
-        n_blocks: int = 15,
-        res_scale: float = 0.1,
-        kernel_size: int = 5,
-        variant: str = "UDD",
-        image_channels: int = 3,
-        code_len: int = 15,
-    ) -> None:
+    def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
-        if scale not in MODEL_SCALES:
-            raise ValueError(f"UDVD supports scales {MODEL_SCALES}, got {scale!r}")
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-        if n_feats < 1 or n_blocks < 0:
-            raise ValueError(f"need n_feats >= 1 and n_blocks >= 0, got {n_feats} and {n_blocks}")
-        self.config: dict[str, Any] = dict(
-            scale=scale,
-            n_feats=n_feats,
-            n_blocks=n_blocks,
-            res_scale=res_scale,
-            kernel_size=kernel_size,
-            variant=variant,
-            image_channels=image_channels,
-            code_len=code_len,
-        )
-        self.scale, self.image_channels, self.code_len = scale, image_channels, code_len
-        self.register_buffer("kernel_basis", default_kernel_basis(code_len))
-        self.head = _conv(image_channels + code_len + 1, n_feats)
-        self.body = nn.Sequential(*(ResBlock(n_feats, res_scale) for _ in range(n_blocks)))
-        self.upsample = UpsampleDynamicConv(n_feats, scale, kernel_size, image_channels, dynamic=variant[0] == "U")
+        if config is not None and fields:
+            raise ValueError(f"give a ModelConfig or its fields, not both (got config and {sorted(fields)})")
+        renamed = sorted(set(fields) & set(LEGACY_KEYS))
+        if renamed:
+            raise TypeError(f"UDVD arguments renamed: {', '.join(f'{k} -> {LEGACY_KEYS[k]}' for k in renamed)}")
+        self.config = config if config is not None else ModelConfig(**fields)
+        c = self.config
+        self.scale, self.image_channels, self.code_len = c.scale, c.image_channels, c.code_len
+        self.register_buffer("kernel_basis", default_kernel_basis(c.code_len))
+        self.head = _conv(c.image_channels + c.code_len + 1, c.channels)
+        self.body = nn.Sequential(*(ResBlock(c.channels, c.res_scale) for _ in range(c.blocks)))
+        self.upsample = UpsampleDynamicConv(c.channels, c.scale, c.kernel_size, c.image_channels,
+                                            dynamic=c.variant[0] == "U")
         self.refine = nn.ModuleList(
-            CommonDynamicConv(n_feats, scale, kernel_size, image_channels) for _ in range(variant.count("D"))
+            CommonDynamicConv(c.channels, c.scale, c.kernel_size, c.image_channels) for _ in range(c.variant.count("D"))
         )
+
+    @property
+    def receptive_radius(self) -> int:
+        """Radius, in LR pixels, of the input region that one output pixel depends on, read off the layers.
+
+        Features: the head and the blocks' convs. The upsampling stage's predictors see the features and the image
+        guide, plus their own convs; its filter taps reach (k-1)/2 LR pixels of the image. Each refinement stage
+        reaches, at HR, the guide plus its residual or kernel predictor, or its taps, into the previous output (its
+        LR-feature input is covered by the LR part); the stages' HR reach is converted to LR pixels by ceil(/ s).
+        """
+        pad = (self.config.kernel_size - 1) // 2
+        features = _reach(self.head) + sum(_reach(block) for block in self.body)
+        up = self.upsample
+        predictors = max(_reach(up.feat_residual), _reach(up.feat_kernel) if up.feat_kernel is not None else 0)
+        radius = max(max(features, _reach(up.image_conv)) + predictors, pad)
+        hr = sum(max(_reach(r.image_conv) + max(_reach(r.feat_residual), _reach(r.feat_kernel)), pad)
+                 for r in self.refine)
+        return radius + -(-hr // self.scale)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's signature)
         # The basis defines how blur kernels are encoded: rounded to float16 / bfloat16 it encodes them differently

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from udvd_triton.training.trainer import MODEL_DEFAULTS, TrainConfig, resume, train
+from udvd_triton import settings
+from udvd_triton.training.config import RESUME_CHANGEABLE, TrainConfig
 
 
 class _Renamed(argparse.Action):
@@ -47,7 +48,6 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEFAULTS = TrainConfig(data="", out="")
 FINETUNE_DEFAULTS = {"lr": 1e-4}  # a trained model needs smaller steps than a random one
 _NOT_SETTINGS = ("command", "handler", "resume", "quiet", "json")
 
@@ -62,6 +62,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from udvd_triton.training.trainer import resume, train  # the training stack loads only for training commands
+
     given = _given(args)
     if args.resume:
         resume(args.out, given, progress=not args.quiet)
@@ -77,9 +79,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from udvd_triton.evaluate import (
+        DEFAULT_NOISES,
+        default_images,
+        default_sigmas,
+        evaluate,
+        folder_images,
+        markdown_table,
+        model_upscaler,
+    )
     from udvd_triton.files import check_writable_folder, exists, write_json
-    from udvd_triton.model import UDVD
-    from udvd_triton.training.evaluate import DEFAULT_NOISES, default_images, default_sigmas, evaluate, folder_images, markdown_table
+    from udvd_triton.hub import UDVD
 
     if args.json:  # known before any compute: an unwritable folder, or a file that is not ours to replace
         target = Path(args.json)
@@ -97,13 +107,13 @@ def _eval(args: argparse.Namespace) -> int:
     images = folder_images(args.images) if args.images else default_images()
     sigmas = args.sigma or default_sigmas(model.scale)
     noises = args.noise if args.noise is not None else DEFAULT_NOISES
-    rows = evaluate(model, images, sigmas, noises, seed=args.seed, progress=not args.quiet)
+    rows = evaluate(model_upscaler(model), model.scale, images, sigmas, noises, seed=args.seed, progress=not args.quiet)
     print(markdown_table(rows, model.scale))
     if args.json:
         result: dict[str, Any] = {
             "model": args.model,
             "scale": model.scale,
-            "config": model.config,
+            "config": model.config.to_dict(),
             "images": [name for name, _ in images],
             "seed": args.seed,
             "border": model.scale,
@@ -116,60 +126,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_train_options(p: argparse.ArgumentParser, finetune: bool) -> None:
-    d = _DEFAULTS
-    src = "the source model's"
-
-    def add(*names: str, **kwargs: Any) -> None:
-        p.add_argument(*names, default=argparse.SUPPRESS, **kwargs)
-
-    add("--data", metavar="DIR", help="folder written by `udvd prepare-data` (required for a new run; with --resume "
-        "only if the folder moved: default the run's)")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder: config.json, checkpoint.json, "
-                   "checkpoints/, log.csv, final/ (required; a new run needs a new or empty folder)")
-    add("--scale", type=int, choices=(2, 3, 4), help=f"upscaling factor (default {src if finetune else 2})")
-    add("--steps", type=int, metavar="N", help="total optimiser steps, which fix the LR schedule; with --resume a "
-        f"new count re-plans the rest of the schedule (default {d.steps})")
-    add("--batch", type=int, metavar="B", help=f"crops per step and process (default {d.batch})")
-    add("--patch", type=int, metavar="P", help="LR patch side in pixels; HR crops are scale x P (default "
-        f"{d.patch}: the paper model sees 38 LR px around each pixel)")
-    add("--channels", type=int, help=f"body width in channels (default {src if finetune else MODEL_DEFAULTS['channels']})")
-    add("--blocks", type=int, help=f"residual blocks (default {src if finetune else MODEL_DEFAULTS['blocks']})")
-    add("--variant", choices=("baseline", "D", "U", "UD", "UDD"),
-        help=f"ablation variant (default {src if finetune else MODEL_DEFAULTS['variant']})")
-    lr = FINETUNE_DEFAULTS["lr"] if finetune else d.lr
-    add("--lr", type=float, help=f"peak learning rate of the cosine schedule, Adam (default {lr:g})")
-    add("--lr-min", type=float, help=f"learning rate at the last step (default {d.lr_min:g})")
-    add("--warmup", type=float, metavar="F", help=f"linear LR warm-up, a fraction of --steps in [0, 1) (default {d.warmup:g})")
-    add("--grad-clip", type=float, help=f"max global gradient norm, 0 = off (default {d.grad_clip:g})")
-    add("--ema", type=float, help=f"EMA decay of the weights in [0, 1), 0 = off; final/ holds the EMA weights "
-        f"(default {d.ema:g})")
-    add("--loss-weights", type=float, nargs="+", metavar="W",
-        help="weights of the multi-stage L1, one per stage output, >= 0 (default: all 1)")
-    add("--anisotropic", type=float, metavar="F",
-        help=f"fraction of samples with an anisotropic blur kernel, 0..1 (default {d.anisotropic:g})")
-    add("--clean-fraction", type=float, metavar="F", help=f"fraction of noise-free samples, 0..1 (default {d.clean_fraction:g})")
-    add("--noise-max", type=float, help=f"highest AWGN sigma, 0..255 scale (default {d.noise_max:g})")
-    add("--no-quantize", dest="quantize", action="store_false",
-        help="keep the LR in float instead of rounding it to 8 bits (default: rounded)")
-    add("--no-augment", dest="augment", action="store_false", help="no random flips / 90-degree rotations (default: on)")
-    add("--seed", type=int, help=f"seed of the initial weights, crops and degradations, >= 0 (default {d.seed})")
-    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add("--no-amp", dest="amp", action="store_false",
-        help="float32 on CUDA instead of bf16 autocast (default: bf16 on CUDA; the CPU trains in float32)")
-    add("--compile", action="store_true",
-        help="torch.compile the model (default: off; see benchmarks/README.md for when it pays)")
-    add("--val-every", type=int, metavar="N", help=f"validate every N steps, 0 = never (default {d.val_every})")
-    add("--val-sigma", type=float,
-        help="validation blur width in HR pixels (default: middle of the scale's training range)")
-    add("--val-noise", type=float, help=f"validation noise level, 0..255 scale (default {d.val_noise:g})")
-    add("--ckpt-every", type=int, metavar="N", help=f"checkpoint every N steps, 0 = only at the end (default {d.ckpt_every})")
-    add("--log-every", type=int, metavar="N", help="CSV log row every N steps; the loss and time budget are checked "
-        f"there, never in between (default {d.log_every})")
-    add("--max-minutes", type=float, metavar="M", help="stop cleanly after M minutes of this session, with a "
-        "checkpoint and final/; continue with --resume (default: no limit)")
+    """Every ``TrainConfig`` setting as an option (generated from the fields' documentation), ``--resume`` and
+    ``--quiet``. Fine-tuning shows its own defaults; ``--from`` belongs to ``finetune`` alone."""
+    names = [f.name for f, _ in settings.fields(TrainConfig) if finetune or f.name != "finetune_from"]
+    texts = {"finetune_from": "none (required for a new run)"} if finetune else {}
+    settings.add_arguments(p, TrainConfig, names, FINETUNE_DEFAULTS if finetune else None, texts, required=("out",))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint with "
-                   "its own settings; --data (moved), --steps (re-plans), --max-minutes, --device, --compile, "
-                   "--log/val/ckpt-every may change, any other differing flag is refused (default: a new run)")
+                   "its own settings; " + ", ".join(settings.flag(TrainConfig, n) for n in RESUME_CHANGEABLE)
+                   + " may change (steps re-plans the schedule), any other differing flag is refused (default: a new "
+                   "run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
 
 
@@ -215,8 +180,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune a trained model on prepared data, also to another scale: every tensor whose name and "
         "shape fit is copied from the source, the rest is initialised afresh (listed in RUN/finetune.json).",
     )
-    p.add_argument("--from", dest="finetune_from", default=argparse.SUPPRESS, metavar="MODEL",
-                   help="source model: registry name, checkpoint folder or .safetensors file (required for a new run)")
     _add_train_options(p, finetune=True)
     p.set_defaults(handler=_train)
 

@@ -15,7 +15,6 @@ sampler state to save.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,38 +31,14 @@ from tqdm.auto import tqdm
 
 from udvd_triton import files
 from udvd_triton.degradation import imresize
-from udvd_triton.imageio import read_image, to_rgb8
+from udvd_triton.imageio import image_files, load_rgb
 
 MANIFEST = "manifest.json"
 FORMAT = "udvd-hr-crops"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the crop side is stored as "crop" (version 1 called it "patch", still read)
 VAL_DIR = "val"
 VAL_MULTIPLE = 12  # validation crops are cut to a multiple of 12, so they divide by every scale (2, 3, 4)
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
-
-
-def image_files(src: str | os.PathLike[str]) -> list[Path]:
-    """All files under ``src`` (recursive, sorted) whose suffix PIL can read.
-
-    Raises FileNotFoundError / NotADirectoryError for a missing or non-folder ``src``, ValueError when it holds no
-    image file.
-    """
-    root = Path(src)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    suffixes = {s.lower() for s in Image.registered_extensions()}
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not found:
-        raise ValueError(f"no image files in {root} (searched recursively for PIL-readable suffixes)")
-    return found
-
-
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file to a new uint8 (H, W, 3) RGB array through ``imageio`` (EXIF orientation applied,
-    alpha dropped, gray replicated, 16-bit and float images scaled to 8 bits rather than clipped)."""
-    return to_rgb8(read_image(path)[0])
 
 
 def _shrink(img: np.ndarray, factor: float) -> np.ndarray:
@@ -88,14 +63,6 @@ def _header_size(path: Path) -> tuple[int, int]:
             return img.size
     except Exception:  # decoded (and reported) later, like every other file
         return (0, 0)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _grid_crops(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
@@ -229,7 +196,7 @@ def prepare_data(
     def flush() -> None:
         name = f"shard-{len(shards):05d}.npy"
         np.save(tmp / name, np.stack(buffer))
-        shards.append({"file": name, "crops": len(buffer), "sha256": _sha256(tmp / name)})
+        shards.append({"file": name, "crops": len(buffer), "sha256": files.sha256_file(tmp / name)})
         buffer.clear()
 
     try:
@@ -280,7 +247,7 @@ def prepare_data(
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": str(src_root.resolve()),
-            "patch": crop,  # the stored crop side (key kept from format version 1)
+            "crop": crop,
             "stride": stride,
             "max_side": max_side,
             "jpeg_scale": jpeg_scale,
@@ -322,19 +289,20 @@ class CropDataset:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != FORMAT_VERSION:
+        version = self.manifest.get("version")
+        if self.manifest.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
             raise ValueError(f"{path} is not a manifest of format {FORMAT} version {FORMAT_VERSION}")
-        self.patch: int = self.manifest["patch"]
+        self.crop: int = self.manifest["crop" if version == FORMAT_VERSION else "patch"]
         self.shards: list[np.ndarray] = []
         for shard in self.manifest["shards"]:
             file = self.root / shard["file"]
             if not file.is_file():
                 raise FileNotFoundError(f"shard {file} listed in the manifest is missing")
-            if verify and _sha256(file) != shard["sha256"]:
+            if verify and files.sha256_file(file) != shard["sha256"]:
                 raise ValueError(f"shard {file} does not match its sha256 in the manifest (corrupted?)")
             arr = np.load(file, mmap_mode="r")
-            if arr.dtype != np.uint8 or arr.shape != (shard["crops"], self.patch, self.patch, 3):
-                raise ValueError(f"shard {file} holds {arr.dtype} {arr.shape}, expected uint8 ({shard['crops']}, {self.patch}, {self.patch}, 3)")
+            if arr.dtype != np.uint8 or arr.shape != (shard["crops"], self.crop, self.crop, 3):
+                raise ValueError(f"shard {file} holds {arr.dtype} {arr.shape}, expected uint8 ({shard['crops']}, {self.crop}, {self.crop}, 3)")
             self.shards.append(arr)
         counts = np.array([len(s) for s in self.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
@@ -355,7 +323,7 @@ class CropDataset:
 
     def tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Every crop in one uint8 tensor (N, P, P, 3) on ``device``, filled shard by shard."""
-        out = torch.empty((len(self), self.patch, self.patch, 3), dtype=torch.uint8, device=device)
+        out = torch.empty((len(self), self.crop, self.crop, 3), dtype=torch.uint8, device=device)
         for start, shard in zip(self._starts, self.shards):
             out[start : start + len(shard)].copy_(torch.from_numpy(np.array(shard)))  # one shard in RAM at a time
         return out
@@ -385,9 +353,9 @@ class BatchSampler:
         world: int = 1,
         device: torch.device | str = "cpu",
     ) -> None:
-        if not 0 < size <= dataset.patch:
+        if not 0 < size <= dataset.crop:
             raise ValueError(
-                f"HR training patch {size} does not fit the stored {dataset.patch}px crops "
+                f"HR training patch {size} does not fit the stored {dataset.crop}px crops "
                 f"(use a smaller --patch or prepare the data with a larger one)"
             )
         self.dataset, self.batch, self.size, self.seed, self.rank, self.world = dataset, batch, size, seed, rank, world
@@ -420,7 +388,7 @@ class BatchSampler:
         """The uint8 HR crops (batch, size, size, 3) of ``step`` on the device."""
         self._generator.manual_seed(int(np.random.default_rng([self.seed, step, self.rank, 1]).integers(2**62)))
         offsets = torch.randint(
-            0, self.dataset.patch - self.size + 1, (self.batch, 2), generator=self._generator, device=self.device
+            0, self.dataset.crop - self.size + 1, (self.batch, 2), generator=self._generator, device=self.device
         )
         ys = (offsets[:, 0, None] + self._span)[:, :, None]  # (B, size, 1)
         xs = (offsets[:, 1, None] + self._span)[:, None, :]  # (B, 1, size)

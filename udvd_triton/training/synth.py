@@ -20,9 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from udvd_triton.degradation import CODE_LENGTH, _circular_blur, imresize, kernel_code, random_kernels
+from udvd_triton.degradation import CODE_LENGTH, SIGMA_RANGES, _circular_blur, imresize, kernel_code, random_kernels
 
-SIGMA_RANGES = {2: (0.2, 2.0), 3: (0.2, 3.0), 4: (0.2, 4.0)}  # isotropic Gaussian widths (HR pixels) of SRMD
 NOISE_RANGE = (0.0, 75.0)
 
 

@@ -1,18 +1,6 @@
 """The training loop: multi-stage L1, Adam, a cosine LR schedule with warm-up, EMA, checkpoints / exact resume, DDP.
 
-Run folder (``TrainConfig.out``)::
-
-    config.json          the run's settings (rewritten when a resume changes one)
-    checkpoint.json      which checkpoint is the latest: {"checkpoint": "checkpoints/step-00005000", "step": 5000}
-    checkpoints/step-00005000/
-        tensors.safetensors (or tensors-0000i-of-0000n.safetensors + tensors.safetensors.index.json, <= 16 MiB
-                         each): model.*, ema.* and optimizer.<param>.{step,exp_avg,exp_avg_sq}
-        state.json       step, settings, schedule, model config, RNG states, data fingerprint, the log row in progress
-    log.csv              step, loss, lr, elapsed_s, steps_per_s, val_psnr, val_ssim, val_bicubic_psnr
-    finetune.json        (fine-tuning only) which tensors came from the source model and which were re-initialised
-    final/               ``save_checkpoint`` output (EMA weights when EMA is on), loadable by ``UDVD.from_pretrained``
-
-No pickle anywhere: tensors in safetensors, everything else JSON. A checkpoint is written into a temporary folder,
+Run folder: :mod:`udvd_triton.training.run_folder`. A checkpoint is written into a temporary folder,
 renamed into place, and only then does ``checkpoint.json`` (replaced atomically) point at it, so a run killed while
 writing resumes from the previous checkpoint.
 
@@ -34,16 +22,11 @@ the global batch, and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
-import base64
 import copy
-import csv
 import dataclasses
 import hashlib
-import io
 import json
-import math
 import os
-import re
 import secrets
 import shutil
 import time
@@ -57,205 +40,45 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from udvd_triton.degradation import pca_basis
-from udvd_triton.files import check_writable_folder, exists, write_json, write_text
-from udvd_triton.model import UDVD, multistage_l1_loss
+from udvd_triton.checkpoint import CheckpointError, save_checkpoint, save_tensors
+from udvd_triton.degradation import SIGMA_RANGES, pca_basis
+from udvd_triton.devices import parse_device
+from udvd_triton.evaluate import evaluate, model_upscaler
+from udvd_triton.files import exists, write_json
+from udvd_triton.hub import load_pretrained
+from udvd_triton.model import ModelConfig, UDVDNet, multistage_l1_loss
+from udvd_triton.training.config import MODEL_FIELDS, RESUME_CHANGEABLE, TrainConfig, flag
 from udvd_triton.training.data import BatchSampler, CropDataset
-from udvd_triton.training.evaluate import evaluate
-from udvd_triton.training.synth import SIGMA_RANGES, SynthConfig, synthesize
-from udvd_triton.zoo import CheckpointError, find_tensors, read_tensors, save_checkpoint, save_tensors
-
-CONFIG = "config.json"
-POINTER = "checkpoint.json"
-CHECKPOINTS = "checkpoints"
-STATE = "state.json"
-TENSORS = "tensors"
-LOG = "log.csv"
-FINAL = "final"
-FINETUNE = "finetune.json"
-STATE_FORMAT = "udvd-train-state"
-STATE_VERSION = 1
-LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s", "val_psnr", "val_ssim", "val_bicubic_psnr")
-# Settings a resume may change (with a printed note); every other one is fixed by the run.
-RESUME_CHANGEABLE = ("data", "steps", "max_minutes", "device", "log_every", "val_every", "ckpt_every", "compile")
-MODEL_DEFAULTS = {"scale": 2, "channels": 128, "blocks": 15, "variant": "UDD"}
-_CHECKPOINT_NAME = re.compile(r"^(step-\d{8}|\.step-\d{8}\.tmp-[0-9a-f]{8})$")
+from udvd_triton.training.run_folder import (
+    CHECKPOINT_NAME,
+    CHECKPOINTS,
+    FINAL,
+    FINETUNE,
+    LOG,
+    POINTER,
+    STATE,
+    STATE_FORMAT,
+    STATE_VERSION,
+    TENSORS,
+    CsvLog,
+    check_new_run_folder,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    settings_file,
+    tensorboard_writer,
+)
+from udvd_triton.training.schedule import Schedule
+from udvd_triton.training.synth import SynthConfig, synthesize
 
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: the run was stopped without saving anything after its last checkpoint."""
 
 
-def flag(field: str) -> str:
-    """The command-line flag of a ``TrainConfig`` field, for messages."""
-    return {"finetune_from": "--from", "amp": "--no-amp", "quantize": "--no-quantize", "augment": "--no-augment"}.get(
-        field, "--" + field.replace("_", "-")
-    )
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on. Defaults are the paper model's recipe (README, "Training defaults").
-
-    data / out: prepared data folder and run folder. scale / channels / blocks / variant: None takes the source
-    model's value when fine-tuning, else ``MODEL_DEFAULTS``. steps: total optimiser steps (fixes the schedule).
-    batch: crops per step and process. patch: LR patch side in pixels (the HR crop is ``scale * patch``).
-    lr / lr_min: peak and final learning rate of the cosine schedule; warmup: its linear warm-up, a fraction of
-    ``steps``. grad_clip: max global gradient norm (0: off). ema: decay of the weight EMA (0: off).
-    loss_weights: per-stage weights of the multi-stage L1 (None: all 1). anisotropic / clean_fraction: fractions of
-    samples with an anisotropic kernel / without noise. noise_max: highest AWGN sigma (0..255). quantize / augment:
-    8-bit LR, random flips and rotations. device: "auto" = cuda if available. amp: bf16 autocast on CUDA.
-    compile: ``torch.compile`` the model. val_every / ckpt_every / log_every: steps between validations /
-    checkpoints / log rows (and host checks of loss and time budget); 0 = never (log_every must be >= 1).
-    val_sigma: None = middle of the scale's training blur range (HR px); val_noise: 0..255. max_minutes: stop
-    cleanly (checkpoint + final/) after this wall time. finetune_from: source model (registry name, folder, file).
-    """
-
-    data: str
-    out: str
-    scale: int | None = None
-    steps: int = 100_000
-    batch: int = 16
-    patch: int = 64
-    channels: int | None = None
-    blocks: int | None = None
-    variant: str | None = None
-    lr: float = 2e-4
-    lr_min: float = 1e-6
-    warmup: float = 0.01
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    loss_weights: tuple[float, ...] | None = None
-    anisotropic: float = 0.0
-    clean_fraction: float = 0.2
-    noise_max: float = 75.0
-    quantize: bool = True
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    val_every: int = 5000
-    val_sigma: float | None = None
-    val_noise: float = 15.0
-    ckpt_every: int = 5000
-    log_every: int = 100
-    max_minutes: float | None = None
-    finetune_from: str | None = None
-
-    def check(self) -> None:
-        """Raise ValueError naming the first bad setting (NaN and infinity included)."""
-
-        def number(name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value)
-            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-                raise ValueError(f"{flag(name)} must be a finite number in {interval}, got {value}")
-
-        for name in ("steps", "batch", "patch", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{flag(name)} must be a positive integer, got {getattr(self, name)}")
-        for name in ("val_every", "ckpt_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{flag(name)} must be an integer >= 0, got {getattr(self, name)}")
-        for name in ("channels", "blocks"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < (1 if name == "channels" else 0)):
-                raise ValueError(f"{flag(name)} must be an integer >= {1 if name == 'channels' else 0}, got {value}")
-        number("lr", 0, low_open=True)
-        number("lr_min", 0, self.lr, high_open=True)
-        number("warmup", 0, 1, high_open=True)
-        number("grad_clip", 0)
-        number("ema", 0, 1, high_open=True)
-        number("anisotropic", 0, 1)
-        number("clean_fraction", 0, 1)
-        number("noise_max", 0, 255)
-        number("val_noise", 0, 255)
-        if self.val_sigma is not None:
-            number("val_sigma", 0, low_open=True)
-        if self.max_minutes is not None:
-            number("max_minutes", 0, low_open=True)
-        if self.loss_weights is not None:
-            w = self.loss_weights
-            if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in w) or not any(w):
-                raise ValueError(f"--loss-weights must be finite, >= 0 and not all 0, got {' '.join(map(str, w))}")
-
-
-class Schedule:
-    """The learning rate of every step: cosine from ``lr`` to ``lr_min`` over the planned steps, with a linear
-    warm-up; a JSON-able plan stored in each checkpoint.
-
-    ``plans`` is a list of {"at", "steps", "ramp", "from_lr"}: from step ``at`` on, the LR follows the cosine of a run
-    planned for ``steps`` steps, ``cos_N(t) = lr_min + (lr - lr_min) (1 + cos(pi t / N)) / 2``, joined to ``from_lr``
-    by a linear ramp over its first ``ramp`` steps. The first plan ramps from 0 over the warm-up; a re-plan
-    (``replan``: a resume with another step count) ramps from the LR the run was at.
-    """
-
-    def __init__(self, lr: float, lr_min: float, warmup: float, plans: list[dict[str, Any]]) -> None:
-        self.lr, self.lr_min, self.warmup, self.plans = lr, lr_min, warmup, plans
-
-    @classmethod
-    def plan(cls, lr: float, lr_min: float, warmup: float, steps: int) -> Schedule:
-        return cls(lr, lr_min, warmup, [{"at": 0, "steps": steps, "ramp": round(warmup * steps), "from_lr": 0.0}])
-
-    @property
-    def steps(self) -> int:
-        """The step count the run is planned for now."""
-        return int(self.plans[-1]["steps"])
-
-    def cosine(self, step: int, total: int) -> float:
-        return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of the update of step ``step`` (0-based)."""
-        plan = next(p for p in reversed(self.plans) if p["at"] <= step)
-        target = self.cosine(step, plan["steps"])
-        into = step - plan["at"]
-        if into < plan["ramp"]:
-            return plan["from_lr"] + (target - plan["from_lr"]) * (into + 1) / plan["ramp"]
-        return target
-
-    def replan(self, step: int, steps: int) -> str:
-        """Re-plan the run, now at ``step``, for ``steps`` steps in all; returns the note to print.
-
-        From the LR of the last step done the LR ramps linearly, over the warm-up length of a ``steps``-step run,
-        onto the cosine a run planned for ``steps`` from the start would follow, and then follows that cosine.
-        """
-        if steps <= step:
-            raise ValueError(f"--steps {steps}: the run is already at step {step}; give a larger step count")
-        old = self.steps
-        from_lr = self.lr_at(step - 1) if step > 0 else 0.0
-        ramp = min(round(self.warmup * steps), steps - step)
-        self.plans.append({"at": step, "steps": steps, "ramp": ramp, "from_lr": from_lr})
-        if ramp:
-            move = f"ramps over {ramp} steps from {from_lr:.3g} to {self.lr_at(step + ramp - 1):.3g} (step {step + ramp})"
-        else:
-            move = f"moves from {from_lr:.3g} to {self.lr_at(step):.3g}"
-        return (
-            f"note: --steps {steps} re-plans the schedule of this run (planned for {old} steps, now at step {step}): "
-            f"the LR {move}, then follows the cosine of a {steps}-step run down to {self.lr_min:g} at step {steps}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "cosine", "lr": self.lr, "lr_min": self.lr_min, "warmup": self.warmup, "plans": self.plans}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Schedule:
-        if data.get("kind") != "cosine":
-            raise ValueError(f"unknown schedule kind {data.get('kind')!r}")
-        return cls(float(data["lr"]), float(data["lr_min"]), float(data["warmup"]), list(data["plans"]))
-
-
 def seed_for(seed: int, step: int, rank: int, stream: int) -> int:
     """The seed of random stream ``stream`` (1: crops, 2: degradations) of ``step`` on ``rank``."""
     return int(np.random.default_rng([seed, step, rank, stream]).integers(2**62))
-
-
-def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator on ``device`` for the degradations of ``step`` on ``rank`` (seeded with ``seed_for``)."""
-    return torch.Generator(device=device).manual_seed(seed_for(seed, step, rank, 2))
 
 
 def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
@@ -295,138 +118,21 @@ def data_fingerprint(dataset: CropDataset) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
+
+
 def _dist_env() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
 def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"invalid --device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    device = parse_device(name, "--device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda requested but CUDA is not available")
         # Always with an index: torch.cuda.set_device refuses a bare "cuda" (torch 2.11). Several processes: one GPU
         # each, picked by torchrun's LOCAL_RANK.
         index = local_rank if world > 1 else device.index if device.index is not None else torch.cuda.current_device()
         device = torch.device("cuda", index)
     return device
-
-
-def _rng_state(device: torch.device) -> dict[str, str | None]:
-    def b64(t: torch.Tensor) -> str:
-        return base64.b64encode(t.numpy().tobytes()).decode()
-
-    return {"torch": b64(torch.get_rng_state()), "cuda": b64(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None}
-
-
-def _set_rng_state(state: dict[str, str | None], device: torch.device) -> None:
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(state["torch"]))  # type: ignore[arg-type]
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state(tensor(state["cuda"]), device)  # type: ignore[arg-type]
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"cannot resume: {what} {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot resume: {what} {path} is empty, truncated or not JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"cannot resume: {what} {path} is not a JSON object")
-    return data
-
-
-def load_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The latest checkpoint of a run folder: (state.json contents, tensors on the CPU). Pickle-free.
-
-    Raises FileNotFoundError when there is none, ``CheckpointError`` (a ValueError) when it is unreadable,
-    truncated or of another format.
-    """
-    run_dir = Path(run_dir)
-    pointer = run_dir / POINTER
-    if not pointer.is_file():
-        if (run_dir / "checkpoint.pt").exists():
-            raise CheckpointError(
-                f"cannot resume {run_dir}: it holds a checkpoint.pt of an older udvd-triton (pickle, which is never "
-                "loaded: it can run code); start a new run"
-            )
-        hint = " (the run stopped before its first checkpoint)" if (run_dir / CONFIG).is_file() else ""
-        raise FileNotFoundError(f"nothing to resume: {run_dir} has no {POINTER}{hint}")
-    where = _read_json(pointer, "checkpoint pointer")
-    name = where.get("checkpoint")
-    if not isinstance(name, str) or not _CHECKPOINT_NAME.match(Path(name).name) or Path(name).parent != Path(CHECKPOINTS):
-        raise CheckpointError(f"cannot resume: {pointer} does not name a checkpoint folder ({name!r})")
-    folder = run_dir / name
-    state = _read_json(folder / STATE, "checkpoint state")
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise CheckpointError(f"cannot resume: {folder / STATE} is not a {STATE_FORMAT} version {STATE_VERSION} file")
-    weights = find_tensors(folder, TENSORS)
-    if weights is None:
-        raise CheckpointError(f"cannot resume: no {TENSORS}.safetensors (or its index) in {folder}")
-    tensors, _ = read_tensors(weights)
-    return state, tensors
-
-
-def _check_new_run_folder(run_dir: Path, source: str | None) -> None:
-    """A new run writes only into a new or empty folder, never into (or under) the model it fine-tunes."""
-    if source is not None and Path(source).expanduser().exists():
-        src = Path(source).expanduser().resolve()
-        src_dir = src if src.is_dir() else src.parent
-        out = run_dir.expanduser().resolve()
-        if out == src_dir or src_dir in out.parents:
-            raise ValueError(
-                f"--out {run_dir} is the source model's folder {src_dir} or inside it: the run would write over "
-                "the model it fine-tunes; choose another --out"
-            )
-    if exists(run_dir):
-        if not run_dir.is_dir():
-            raise NotADirectoryError(f"--out {run_dir} exists and is not a folder")
-        if (run_dir / POINTER).exists() or (run_dir / CONFIG).exists():
-            raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume or choose another --out")
-        if any(run_dir.iterdir()):
-            raise FileExistsError(f"--out {run_dir} is not empty: a new run needs a new or empty folder")
-    check_writable_folder(run_dir)
-
-
-class _CsvLog:
-    """Rank 0's CSV log; on resume, rows after the checkpoint's step (written after it, then lost) are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        rows = []
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, LOG_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(path, text.getvalue())  # atomically; new rows are appended
-        self.file = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, LOG_FIELDS)
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 class Run:
@@ -505,7 +211,7 @@ class Run:
     def new(cls, config: TrainConfig, progress: bool = True) -> Run:
         """A fresh run of ``config`` (which is checked)."""
         config.check()
-        _check_new_run_folder(Path(config.out), config.finetune_from)
+        check_new_run_folder(Path(config.out), config.finetune_from)
         schedule = Schedule.plan(config.lr, config.lr_min, config.warmup, config.steps)
         return cls(config, schedule, progress=progress)
 
@@ -557,27 +263,31 @@ class Run:
         run.settings_changed = bool(notes)
         return run
 
-    settings_changed = True  # config.json is written for a new run and when a resume changed a setting
+    settings_changed = True  # settings.json is written for a new run and when a resume changed a setting
 
-    def _build_model(self, state: dict[str, Any] | None) -> tuple[UDVD, dict[str, Any] | None]:
-        """The model: on resume from the stored model config; new, from the settings (config fields resolved in
-        place), filled with the source model's matching tensors when fine-tuning."""
+    def _build_model(self, state: dict[str, Any] | None) -> tuple[UDVDNet, dict[str, Any] | None]:
+        """The network: on resume from the stored model config; new, from the settings (model fields left unset
+        are resolved in place from the source model when fine-tuning, else from the defaults), filled with the
+        source model's matching tensors when fine-tuning."""
         cfg = self.cfg
         if state is not None:
-            return UDVD(**state["model_config"]), None
-        source = UDVD.from_pretrained(cfg.finetune_from) if cfg.finetune_from else None
-        src_cfg = source.config if source is not None else {}
-        for field, key in (("scale", "scale"), ("channels", "n_feats"), ("blocks", "n_blocks"), ("variant", "variant")):
-            if getattr(cfg, field) is None:
-                setattr(cfg, field, src_cfg.get(key, MODEL_DEFAULTS[field]))
-        kwargs = {k: v for k, v in src_cfg.items() if k not in ("scale", "n_feats", "n_blocks", "variant")}
+            try:
+                return UDVDNet(ModelConfig.from_dict(state["model_config"])), None
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"cannot resume {self.run_dir}: its {STATE} has an unusable model config ({e})") from None
+        source = load_pretrained(UDVDNet, cfg.finetune_from) if cfg.finetune_from else None
+        base = source.config if source is not None else ModelConfig()
+        config = dataclasses.replace(base, **cfg.model_fields())
+        for name in MODEL_FIELDS:
+            setattr(cfg, name, getattr(config, name))
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
             torch.manual_seed(cfg.seed)
-            model = UDVD(scale=cfg.scale, n_feats=cfg.channels, n_blocks=cfg.blocks, variant=cfg.variant, **kwargs)  # type: ignore[arg-type]
+            model = UDVDNet(config)
         report = None
         if source is not None:
             loaded, reinit = transfer_weights(model, source.state_dict())
-            report = {"source": cfg.finetune_from, "source_config": src_cfg, "loaded": loaded, "reinitialised": reinit}
+            report = {"source": cfg.finetune_from, "source_config": base.to_dict(), "loaded": loaded,
+                      "reinitialised": reinit}
             self.log(f"finetune: loaded {len(loaded)} of {len(loaded) + len(reinit)} tensors from {cfg.finetune_from}")
             if reinit:
                 self.log(f"finetune: re-initialised (shape or name differs): {', '.join(reinit)}")
@@ -626,7 +336,7 @@ class Run:
             self.optimizer.load_state_dict({"state": opt_state, "param_groups": full["param_groups"]})
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"cannot resume {self.run_dir}: its tensors do not fit the run ({e})") from None
-        _set_rng_state(state["rng"], self.device)
+        set_rng_state(state["rng"], self.device)
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
         self.loss_sum.fill_(state["log"]["loss_sum"])
         self.log_since = int(state["log"]["since"])
@@ -644,11 +354,11 @@ class Run:
             "step": self.step,
             "settings": dataclasses.asdict(self.cfg),
             "schedule": self.schedule.to_json(),
-            "model_config": self.model.config,
+            "model_config": self.model.config.to_dict(),
             "data": self.data_id,
             "elapsed_s": elapsed,
             "log": {"loss_sum": float(self.loss_sum), "since": self.log_since},  # the CSV row in progress
-            "rng": _rng_state(self.device),
+            "rng": rng_state(self.device),
         }
         save_tensors(self._tensors(), tmp, TENSORS, metadata={"format": STATE_FORMAT})
         write_json(tmp / STATE, state)
@@ -658,7 +368,7 @@ class Run:
         os.replace(tmp, target)
         write_json(self.run_dir / POINTER, {"checkpoint": f"{CHECKPOINTS}/{name}", "step": self.step})
         for old in folder.iterdir():
-            if old.name != name and _CHECKPOINT_NAME.match(old.name):
+            if old.name != name and CHECKPOINT_NAME.match(old.name):
                 shutil.rmtree(old)
 
     def _export_final(self) -> Path:
@@ -668,7 +378,7 @@ class Run:
         bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
         if bad:
             raise NonFiniteLossError(f"not writing {FINAL}/: NaN or infinite weights in {', '.join(bad)}")
-        export = UDVD(**trained.config)
+        export = UDVDNet(trained.config)
         export.load_state_dict(state)  # a fresh module: contiguous tensors whatever the training memory format
         final = self.run_dir / FINAL
         token = secrets.token_hex(4)
@@ -712,7 +422,7 @@ class Run:
         cfg = self.cfg
         sigma = cfg.val_sigma if cfg.val_sigma is not None else round(sum(SIGMA_RANGES[cfg.scale]) / 2, 3)  # type: ignore[index]
         target = self.ema_model if self.ema_model is not None else self.model
-        row = evaluate(target, images, [sigma], [cfg.val_noise], seed=cfg.seed)[0]
+        row = evaluate(model_upscaler(target), cfg.scale, images, [sigma], [cfg.val_noise], seed=cfg.seed)[0]
         return {"val_psnr": row["psnr"], "val_ssim": row["ssim"], "val_bicubic_psnr": row["bicubic_psnr"]}
 
     def fit(self) -> Path | None:
@@ -728,7 +438,7 @@ class Run:
             if self.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if self.settings_changed:
-                    write_json(run_dir / CONFIG, dataclasses.asdict(cfg))
+                    write_json(settings_file(run_dir), dataclasses.asdict(cfg))
                 if self.finetune_report is not None:
                     write_json(run_dir / FINETUNE, self.finetune_report)
             if self.step >= cfg.steps:
@@ -743,8 +453,8 @@ class Run:
 
     def _loop(self, resuming: bool) -> Path | None:
         cfg, run_dir = self.cfg, self.run_dir
-        csv_log = _CsvLog(run_dir / LOG, self.step if resuming else None) if self.is_main else None
-        board = _tensorboard(run_dir) if self.is_main else None
+        csv_log = CsvLog(run_dir / LOG, self.step if resuming else None) if self.is_main else None
+        board = tensorboard_writer(run_dir) if self.is_main else None
         val_images = self.dataset.val_images() if self.is_main and cfg.val_every else []
         t_start = time.monotonic()
         t_log, step_timed, checked = t_start, self.step, self.step
