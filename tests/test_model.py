@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from udvd_triton import UDVD, convert_reference_state_dict
 from udvd_triton.model import VARIANTS, multistage_l1_loss
 
+from conftest import tiny_model
+
 
 def inputs(n: int = 1, h: int = 6, w: int = 5, dtype: torch.dtype = torch.float32):
     return (
@@ -159,7 +161,7 @@ def test_dynamic_upsampling_is_the_api_op() -> None:
     """With the residual branch zeroed, the U stage output is exactly dynamic_filter of the LR image."""
     from udvd_triton import dynamic_filter
 
-    model = UDVD(scale=3, channels=8, blocks=1, variant="U")
+    model = tiny_model(scale=3, variant="U")
     with torch.no_grad():
         model.upsample.feat_residual[-1].weight.zero_()
         model.upsample.feat_residual[-1].bias.zero_()
@@ -172,7 +174,7 @@ def test_dynamic_upsampling_is_the_api_op() -> None:
 
 
 def test_gradients_reach_every_parameter() -> None:
-    model = UDVD(scale=2, channels=8, blocks=2)
+    model = tiny_model(blocks=2)
     image, code, noise = inputs(h=6, w=6)
     target = torch.rand(1, 3, 12, 12)
     loss = multistage_l1_loss(model(image, code, noise), target, weights=[0.5, 0.5, 1.0])
@@ -200,7 +202,7 @@ def test_bad_config_raises(kwargs, match) -> None:
 
 
 def test_bad_inputs_raise() -> None:
-    model = UDVD(scale=2, channels=8, blocks=1)
+    model = tiny_model()
     image, code, noise = inputs(h=4, w=4)
     with pytest.raises(ValueError, match="image must have 3 channels"):
         model(torch.rand(1, 4, 4, 4), code, noise)
@@ -218,7 +220,7 @@ def test_kernel_basis_keeps_its_values_under_a_dtype_change(dtype: torch.dtype) 
     fine-tuning then refused."""
     from udvd_triton.model import default_kernel_basis
 
-    model = UDVD(scale=2, channels=8, blocks=1).to(dtype)
+    model = tiny_model().to(dtype)
     assert next(model.parameters()).dtype == dtype
     assert model.kernel_basis.dtype == torch.float32 and torch.equal(model.kernel_basis, default_kernel_basis(15))
     assert model.to("meta").kernel_basis.device.type == "meta"  # it still follows the device
@@ -226,7 +228,7 @@ def test_kernel_basis_keeps_its_values_under_a_dtype_change(dtype: torch.dtype) 
 
 def test_torch_compile_matches_eager_on_cpu() -> None:
     """The CPU (reference-op) path compiles as one graph and computes what eager does."""
-    model = UDVD(scale=2, channels=8, blocks=1, kernel_size=3).eval()
+    model = tiny_model(kernel_size=3).eval()
     args = inputs(h=8, w=7)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():

@@ -24,6 +24,8 @@ from udvd_triton.evaluate import degraded_input
 from udvd_triton.training.synth import SynthConfig, synthesize
 from udvd_triton.training.trainer import Run, Schedule, TrainConfig, load_checkpoint, resume, train
 
+from conftest import tiny_model
+
 # On the CPU on every machine: these tests check the loop's logic bit for bit (resume, schedules), which a GPU's
 # non-deterministic convolution gradients would blur; the CUDA path has its own GPU-marked test.
 TINY = ["--channels", "8", "--blocks", "1", "--batch", "4", "--patch", "12", "--device", "cpu", "--quiet"]
@@ -56,7 +58,7 @@ def test_tiny_model_overfits_one_batch():
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 6, 6, generator=g), size=32, mode="bilinear")
     batch = synthesize(smooth.permute(0, 2, 3, 1).mul(255).to(torch.uint8), SynthConfig(2, noise_range=(0, 0)), g)
-    model = UDVD(scale=2, channels=8, blocks=1)
+    model = tiny_model()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     losses = []
     for _ in range(250):
@@ -283,7 +285,7 @@ def test_non_finite_loss_stops_the_run_and_writes_no_final(data, tmp_path, monke
 
 def test_new_runs_never_write_into_a_model_or_a_used_folder(data, tmp_path):
     src = tmp_path / "model"
-    UDVD(scale=2, channels=8, blocks=1).save_pretrained(src)
+    tiny_model().save_pretrained(src)
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     common = ["--data", str(data), "--steps", "1", "--val-every", "0", *TINY]
     for out in (src, src / "sub"):
@@ -379,12 +381,12 @@ def test_no_pickle_loading_anywhere():
 
 
 def test_finetune_x3_from_x2_loads_the_matching_tensors(data, tmp_path):
-    src = UDVD(scale=2, channels=8, blocks=1)
+    src = tiny_model()
     src.save_pretrained(tmp_path / "x2")
     run_command(["finetune", "--from", str(tmp_path / "x2"), "--scale", "3", "--data", str(data), "--out", str(tmp_path / "ft"),
           "--steps", "1", "--val-every", "0", "--patch", "12", "--batch", "2", "--quiet"])
     report = json.loads((tmp_path / "ft" / "finetune.json").read_text())
-    s2, s3 = UDVD(scale=2, channels=8, blocks=1).state_dict(), UDVD(scale=3, channels=8, blocks=1).state_dict()
+    s2, s3 = tiny_model().state_dict(), tiny_model(scale=3).state_dict()
     changed = {k for k in s3 if k not in s2 or s2[k].shape != s3[k].shape}
     stage = lambda k: k.split(".")[0] if k.startswith("upsample.") else ".".join(k.split(".")[:2])  # noqa: E731
     # every dynamic stage holding a changed tensor starts fresh whole; head and body load
@@ -431,7 +433,7 @@ def test_eval_table_and_json(tmp_path, capsys):
     images.mkdir()
     Image.fromarray(skimage.data.chelsea()[100:160, 150:222]).save(images / "cat.png")
     Image.fromarray(skimage.data.coffee()[:50, :64]).save(images / "cup.png")
-    UDVD(scale=2, channels=8, blocks=1).save_pretrained(tmp_path / "m")
+    tiny_model().save_pretrained(tmp_path / "m")
     run_command(["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "0.5", "1.5", "--noise", "0", "10",
           "--json", str(tmp_path / "r.json"), "--quiet"])
     table = capsys.readouterr().out.strip().splitlines()
@@ -458,7 +460,7 @@ def test_eval_json_is_replaced_only_with_overwrite_and_only_if_ours(tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
     Image.fromarray(skimage.data.chelsea()[100:148, 150:198]).save(images / "cat.png")
-    UDVD(scale=2, channels=8, blocks=1).save_pretrained(tmp_path / "m")
+    tiny_model().save_pretrained(tmp_path / "m")
     args = ["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "1", "--noise", "0", "--quiet"]
     result = tmp_path / "r.json"
     run_command([*args, "--json", str(result)])
@@ -478,15 +480,15 @@ def test_finetune_reuses_a_dynamic_stage_whole_or_not_at_all():
     from udvd_triton.training.trainer import transfer_weights
 
     torch.manual_seed(0)
-    source = UDVD(scale=2, channels=8, blocks=1)
+    source = tiny_model()
     with torch.no_grad():
         for p in source.parameters():  # "trained": no tensor equals a fresh one
             p.add_(1.0)
-    target = UDVD(scale=3, channels=8, blocks=1)
+    target = tiny_model(scale=3)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     loaded, reinit = transfer_weights(target, source.state_dict())
     assert loaded and all(k.split(".")[0] in ("head", "body", "kernel_basis") for k in loaded)
     assert "refine.0.feat_kernel.weight" in reinit and "upsample.image_conv.0.weight" in reinit
     state = target.state_dict()
     assert all(torch.equal(state[k], fresh[k]) for k in reinit)
-    assert transfer_weights(UDVD(scale=2, channels=8, blocks=1), source.state_dict())[1] == []  # same scale: all of it
+    assert transfer_weights(tiny_model(), source.state_dict())[1] == []  # same scale: all of it
