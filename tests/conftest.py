@@ -74,3 +74,25 @@ def make_hf_cache(cache: Path, repo_id: str, checkpoint_dir: Path, commit: str =
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(checkpoint_dir, repo / "snapshots" / commit)
+
+
+# `udvd train` options of a tiny, fast run on the CPU
+TRAIN_TINY = ["--channels", "8", "--blocks", "1", "--batch", "4", "--patch", "12", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared folder: crops of 48px from three smooth random photos, one 96px validation image."""
+    import numpy as np
+    from PIL import Image
+
+    from udvd_triton.training.data import prepare_data
+
+    root = tmp_path_factory.mktemp("train")
+    (root / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((120, 120), Image.BICUBIC).save(root / "photos" / f"p{i}.png")
+    prepare_data(root / "photos", root / "prepared", crop=48, val_count=1, val_crop=96, progress=False)
+    return root / "prepared"

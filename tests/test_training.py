@@ -19,29 +19,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from udvd_triton import UDVD, multistage_l1_loss
 from udvd_triton.cli import build_parser, main, run_command
 from udvd_triton.degradation import imresize
-from udvd_triton.training.data import prepare_data
 from udvd_triton.evaluate import degraded_input
 from udvd_triton.training.synth import SynthConfig, synthesize
 from udvd_triton.training.trainer import Run, Schedule, TrainConfig, load_checkpoint, resume, train
 
-from conftest import tiny_model
+from conftest import TRAIN_TINY, tiny_model
 
 # On the CPU on every machine: these tests check the loop's logic bit for bit (resume, schedules), which a GPU's
 # non-deterministic convolution gradients would blur; the CUDA path has its own GPU-marked test.
-TINY = ["--channels", "8", "--blocks", "1", "--batch", "4", "--patch", "12", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A prepared folder: crops of 48px from three smooth random photos, one 96px validation image."""
-    root = tmp_path_factory.mktemp("train")
-    (root / "photos").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((120, 120), Image.BICUBIC).save(root / "photos" / f"p{i}.png")
-    prepare_data(root / "photos", root / "prepared", crop=48, val_count=1, val_crop=96, progress=False)
-    return root / "prepared"
+TINY = TRAIN_TINY
 
 
 def _state(run: Path) -> dict:

@@ -152,7 +152,7 @@ def _read_index(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every shard an index lists, checked against its weight map; the metadata all shards share."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"cannot read checkpoint index {path}: not valid JSON ({e})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
@@ -214,7 +214,7 @@ def read_checkpoint(
     if CONFIG_METADATA_KEY in metadata:
         try:
             config = json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise CheckpointError(f"checkpoint {path}: the config in its metadata is not valid JSON") from None
     return state, config
 
@@ -225,7 +225,7 @@ def read_config_file(path: Path) -> dict[str, Any] | None:
         return None
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object of model config fields")

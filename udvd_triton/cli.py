@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,17 +54,21 @@ def _noise_arg(text: str) -> float | str:
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given and the images (by suffix, sorted) directly inside given folders."""
+    """Files as given and the images (by suffix, sorted) directly inside given folders; hidden files in folders (an
+    interrupted writer's temporary files among them) are never inputs."""
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             if not found:
                 raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             paths += found
         elif path.is_file():
             paths.append(path)
+        elif files.exists(path):
+            raise ValueError(f"input {path} is not a regular file (a FIFO, device or broken link?)")
         else:
             raise FileNotFoundError(f"input not found: {path}")
     return paths
@@ -105,11 +112,16 @@ def _plan_outputs(
     for path in existing:
         if path.is_symlink():
             raise ValueError(f"refusing to replace {path}: it is a symbolic link (remove it or choose another output)")
-        if not imageio.is_ours(path):
+        if not _replaceable(path):
             raise ValueError(f"refusing to replace {path}, even with --overwrite: it was not written by udvd-triton "
                              f"(no '{imageio.MARKER}' mark); move it away or choose another output")
     files.check_writable_folder(output.parent if as_file else output)
     return outputs
+
+
+def _replaceable(path: Path) -> bool:
+    """What ``--overwrite`` may replace: a regular file (no link) holding an image we wrote."""
+    return not path.is_symlink() and imageio.is_ours(path)
 
 
 def _load_map(path: str, name: str, white: float):  # -> np.ndarray (h, w) float64
@@ -119,12 +131,14 @@ def _load_map(path: str, name: str, white: float):  # -> np.ndarray (h, w) float
 
     file = Path(path)
     if not file.is_file():
+        if files.exists(file):
+            raise ValueError(f"{name} {file} is not a regular file")
         raise FileNotFoundError(f"{name} not found: {file}")
     if file.suffix.lower() == ".npy":
         try:
             values = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read {name} {file}: {e}") from None
+        except (OSError, ValueError, EOFError) as e:  # empty (EOFError), text or pickle (ValueError), truncated
+            raise ValueError(f"cannot read {name} {file}: not a .npy array file ({type(e).__name__})") from None
         if values.ndim != 2 or values.dtype.kind not in "uif":
             raise ValueError(f"{name} {file} must hold a 2-D array of numbers, got {values.dtype} {values.shape}")
         return values.astype(np.float64)
@@ -173,12 +187,16 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(inputs), desc="images", unit="img", disable=not interactive or len(inputs) == 1)
     for i, (src, dst) in enumerate(zip(inputs, outputs), 1):
         start = time.monotonic()
-        image, _ = imageio.read_image(src)
+        image, info = imageio.read_image(src)
         sr = model.upscale(image, blur_sigma=blur_sigma, noise_level=noise_level, tile=args.tile,
                            progress=False if args.quiet else None)  # None: a bar when the image takes several batches
         del image
         dst.parent.mkdir(parents=True, exist_ok=True)  # only once an argument mistake can no longer show up
-        imageio.write_image(dst, sr)
+        # Decided again at the rename, by the same rules: nothing that appeared meanwhile is replaced unless it is
+        # an image we wrote and --overwrite was given.
+        # The colour profile and the print size are kept (same inches: the resolution grows with the scale).
+        dpi = (info.dpi[0] * model.scale, info.dpi[1] * model.scale) if info.dpi else None
+        imageio.write_image(dst, sr, _replaceable if args.overwrite else False, icc=info.icc, dpi=dpi)
         bar.update(1)
         if not interactive:
             log.info("[%d/%d] %s -> %s (%.1f s)", i, len(inputs), src, dst, time.monotonic() - start)
@@ -298,23 +316,50 @@ def _configure_logging(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _message(e: BaseException) -> str:
+    """One line for a user error; an OSError raised by the system reads "what: file", without "[Errno N]"."""
+    if isinstance(e, OSError) and e.strerror and not isinstance(e, WriteError):
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        text = str(e)
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``udvd`` command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the ``udvd`` command line; returns the exit code (0 ok, 2 user error, 130 interrupted, 143 terminated).
+
+    Python warnings (the package's notes, a library's) become ``udvd: note:`` log lines, silenced by ``-q``;
+    SIGTERM unwinds like Ctrl-C, so temporary files are removed and run-folder locks released."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or an argparse usage error (already printed)
         return e.code if isinstance(e.code, int) else 2
-    _configure_logging(quiet=getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    _configure_logging(quiet=quiet)
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        files.exit_on_sigterm()
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            warnings.showwarning = lambda message, *rest, **kw: log.warning("note: %s", message)
+            return args.handler(args)
     except USER_ERRORS as e:
-        message = " ".join(str(e).split())
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM (exit_on_sigterm): files were cleaned up while unwinding
+        if e.code != 128 + signal.SIGTERM:
+            raise
+        print(f"{parser.prog}: terminated", file=sys.stderr)
+        return int(e.code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,8 @@ _ORIENTATIONS = {
 @dataclass(frozen=True)
 class ImageInfo:
     """What a file holds, from its header: ``size`` (width, height), ``dtype`` of the decoded samples, ``channels``
-    (1..4) and ``frames``; ``reader`` is "pil", "png16" or "tiff"."""
+    (1..4) and ``frames``; ``reader`` is "pil", "png16" or "tiff"; ``icc``: its embedded colour profile (ICC bytes)
+    and ``dpi``: its resolution (dots per inch, x and y), when it has them."""
 
     path: Path
     size: tuple[int, int]
@@ -63,6 +66,8 @@ class ImageInfo:
     channels: int
     frames: int
     reader: str
+    icc: bytes | None = None
+    dpi: tuple[float, float] | None = None
 
 
 def _pil_layout(img: Image.Image) -> tuple[np.dtype, int]:
@@ -104,18 +109,21 @@ def probe(path: str | os.PathLike[str]) -> ImageInfo:
     info = _probe_tiff(path) if path.suffix.lower() in _TIFF_SUFFIXES else None
     if info is None:
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                # a bomb warning is ours to give: _check_pixels refuses what PIL only warns about
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 frames = getattr(img, "n_frames", 1)
                 depth, color_type = _png_header(path) if img.format == "PNG" else (0, 0)
+                metadata = dict(icc=img.info.get("icc_profile") or None, dpi=_dpi(img.info.get("dpi")))
                 if depth == 16 and (color_type != 0 or "transparency" in img.info):
                     # PIL would cut colour to 8 bits; pypng's asDirect gives the colour type's channels, plus
                     # alpha for a tRNS chunk. (16-bit gray without tRNS: PIL's mode I / I;16 is exact and faster.)
                     channels = _PNG_CHANNELS[color_type] + ("transparency" in img.info)
-                    info = ImageInfo(path, img.size, np.dtype(np.uint16), channels, frames, "png16")
+                    info = ImageInfo(path, img.size, np.dtype(np.uint16), channels, frames, "png16", **metadata)
                 elif depth == 16:
-                    info = ImageInfo(path, img.size, np.dtype(np.uint16), 1, frames, "pil")
+                    info = ImageInfo(path, img.size, np.dtype(np.uint16), 1, frames, "pil", **metadata)
                 else:
-                    info = ImageInfo(path, img.size, *_pil_layout(img), frames, "pil")
+                    info = ImageInfo(path, img.size, *_pil_layout(img), frames, "pil", **metadata)
         except Image.DecompressionBombError as e:
             raise ValueError(f"image {path} is too large: {e} ({_BOMB_HINT})") from None
         except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -138,9 +146,31 @@ def _probe_tiff(path: Path) -> ImageInfo | None:
                 return None
             if page.dtype.kind == "u" and page.dtype.itemsize > 2:
                 return None
-            return ImageInfo(path, (shape["X"], shape["Y"]), page.dtype, channels, len(tif.pages), "tiff")
+            icc = page.tags.valueof(34675)  # InterColorProfile
+            return ImageInfo(path, (shape["X"], shape["Y"]), page.dtype, channels, len(tif.pages), "tiff",
+                             icc=bytes(icc) if icc else None, dpi=_tiff_dpi(page))
     except Exception:  # not a TIFF tifffile understands: PIL gets its turn (and reports the error)
         return None
+
+
+def _dpi(value: object) -> tuple[float, float] | None:
+    """A resolution (x, y) in dots per inch if it is one (positive, finite), else None."""
+    try:
+        x, y = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if 0 < x < 1e6 and 0 < y < 1e6 else None
+
+
+def _tiff_dpi(page: object) -> tuple[float, float] | None:
+    """A TIFF page's XResolution / YResolution in dots per inch (ResolutionUnit 2: inch, 3: cm)."""
+    tags = page.tags  # type: ignore[attr-defined]
+    x, y, unit = tags.valueof(282), tags.valueof(283), tags.valueof(296)
+    if not x or not y or int(unit or 2) not in (2, 3):
+        return None
+    per_inch = 2.54 if int(unit or 2) == 3 else 1.0
+    return _dpi(((x[0] / x[1] if isinstance(x, tuple) else x) * per_inch,
+                 (y[0] / y[1] if isinstance(y, tuple) else y) * per_inch))
 
 
 def _orient(arr: np.ndarray, orientation: int | None) -> np.ndarray:
@@ -184,7 +214,8 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_pil(path: Path, reader: str) -> np.ndarray:
-    with Image.open(path) as img:
+    with warnings.catch_warnings(), Image.open(path) as img:  # probe() refused what PIL would warn about
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         orientation = img.getexif().get(0x0112)
         arr = _read_png16(path) if reader == "png16" else _pil_array(img)
     return _orient(arr, orientation)
@@ -262,12 +293,16 @@ def _png_filter(rows: np.ndarray, previous: np.ndarray, bpp: int) -> bytes:
     return out.tobytes()
 
 
-def _write_png(f, arr: np.ndarray) -> None:  # noqa: ANN001 (a binary file)
+def _write_png(f, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None) -> None:  # noqa: ANN001
     h, w = arr.shape[:2]
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     depth = 8 * arr.dtype.itemsize
     f.write(_PNG_SIGNATURE)
     _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _PNG_COLOR_TYPES[channels], 0, 0, 0))
+    if icc:  # before the image data (PNG spec): name, compression method 0, the zlib-compressed profile
+        _png_chunk(f, b"iCCP", b"ICC profile\0\0" + zlib.compress(icc))
+    if dpi:  # pixels per metre, unit 1
+        _png_chunk(f, b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     _png_chunk(f, b"tEXt", b"Software\0" + MARKER.encode())
     z = zlib.compressobj(6)
     row_bytes = w * channels * arr.dtype.itemsize
@@ -283,15 +318,16 @@ def _write_png(f, arr: np.ndarray) -> None:  # noqa: ANN001 (a binary file)
     _png_chunk(f, b"IEND", b"")
 
 
-def _write_tiff(path: Path, arr: np.ndarray) -> None:
+def _write_tiff(path: Path, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None) -> None:
     import tifffile
 
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     extras = ["unassalpha"] if channels in (2, 4) else None
     photometric = "rgb" if channels >= 3 else "minisblack"
     planar = "contig" if channels > 1 else None
+    resolution = dict(resolution=dpi, resolutionunit="INCH") if dpi else {}
     tifffile.imwrite(path, arr, photometric=photometric, planarconfig=planar, extrasamples=extras,
-                     compression="zlib", software=MARKER)
+                     compression="zlib", software=MARKER, iccprofile=icc, **resolution)
 
 
 def check_writable(path: str | os.PathLike[str], arr_dtype: np.dtype, channels: int) -> None:
@@ -308,17 +344,21 @@ def check_writable(path: str | os.PathLike[str], arr_dtype: np.dtype, channels: 
         raise ValueError(f"cannot write {path}: unsupported sample type {dtype}")
 
 
-def write_image(path: str | os.PathLike[str], arr: np.ndarray) -> None:
+def write_image(path: str | os.PathLike[str], arr: np.ndarray, replace: bool | Callable[[Path], bool] = True, *,
+                icc: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
     """Write (H, W) / (H, W, C) ``arr`` to ``path`` (.png: uint8 / uint16; .tif / .tiff: uint8, uint16, float)
-    atomically and marked as ours. Raises ValueError for a format that cannot hold ``arr``, ``files.WriteError``
-    when the file cannot be written (the file it would replace is then intact)."""
+    atomically and marked as ours, with the colour profile ``icc`` (ICC bytes) and resolution ``dpi`` if given
+    (PNG iCCP / pHYs, TIFF tags); ``replace`` decides at the rename what may be replaced
+    (:func:`files.atomic_output`). Raises ValueError for a format that cannot hold ``arr``, ``files.WriteError``
+    when the file cannot be written, ``files.AppearedError`` when a file at ``path`` may not be replaced (the file
+    it would replace is then intact)."""
     check_writable(path, arr.dtype, 1 if arr.ndim == 2 else arr.shape[2])
-    with files.atomic_output(path) as tmp:
+    with files.atomic_output(path, replace) as tmp:
         if tmp.suffix.lower() == ".png":
             with open(tmp, "wb") as f:
-                _write_png(f, arr)
+                _write_png(f, arr, icc, dpi)
         else:
-            _write_tiff(tmp, arr)
+            _write_tiff(tmp, arr, icc, dpi)
 
 
 def is_ours(path: str | os.PathLike[str]) -> bool:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 MapLike = float | np.ndarray | torch.Tensor
 DEFAULT_BLUR_SIGMA = 1.0  # std of the SRMD blur kernel in HR pixels; assumed when the caller does not know it
+MAX_BLUR_SIGMA = 20.0  # widest blur a 15 x 15 kernel can mean (HR pixels); wider is a box of the kernel's size
 MIN_TILE_RADII = 3  # smallest tile, in receptive radii: below it the margins are most of the work
 CPU_TILE_BUDGET = 1 << 30  # bytes of activations per batch on a CPU: larger windows are no faster there
 NOISE_BLOCK = 16  # "auto-map": Immerkaer sums per block of 16 x 16 LR pixels ...
@@ -134,7 +135,7 @@ class _Input:
             # A window-sized copy in the image's own dtype crosses to the device (uint8: a quarter of float32's bytes)
             # and is converted there; uint16, which torch handles on the CPU only, crosses as int32.
             win = np.ascontiguousarray(self.data[rows][:, cols], np.int32 if self.data.dtype == np.uint16 else None)
-            t = torch.from_numpy(win).to(device).permute(2, 0, 1)[None]
+            t = _from_numpy(win).to(device).permute(2, 0, 1)[None]
             t = t.to(dtype, memory_format=torch.contiguous_format)
         else:
             t = self.data[:, :, _torch_index(rows, self.data.device)][..., _torch_index(cols, self.data.device)]
@@ -176,6 +177,8 @@ def _as_input(img: ImageLike) -> _Input:
         image.kind = "pil"
         return image
     if isinstance(img, np.ndarray):
+        if not img.dtype.isnative:  # e.g. big-endian samples from a file: same values, the machine's byte order
+            img = img.astype(img.dtype.newbyteorder("="))
         if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)):
             raise ValueError(f"numpy images must be (H, W) or (H, W, C) with C in 1..4, got shape {img.shape}")
         if img.dtype in _INT_MAX:
@@ -190,8 +193,9 @@ def _as_input(img: ImageLike) -> _Input:
     elif isinstance(img, torch.Tensor):
         if img.dim() not in (3, 4) or img.shape[-3] not in (1, 2, 3, 4):
             raise ValueError(f"torch images must be (C, H, W) or (N, C, H, W) with C in 1..4, got {tuple(img.shape)}")
-        if not img.is_floating_point():
-            raise ValueError(f"torch images must be floating point in [0, 1], got dtype {img.dtype}")
+        if img.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"torch images must be floating point (float16, bfloat16, float32 or float64) in [0, 1], "
+                             f"got {img.dtype}")
         if img.numel():
             low, high = torch.aminmax(img.detach())
             _check_float_range(float(low), float(high))
@@ -606,6 +610,9 @@ def _run(model: UDVDNet, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, 
             batch = torch.cat(pixels)
             color = batch[:, :1].expand(-1, 3, -1, -1) if image.gray else batch[:, :3]
             sr = model(color.to(dtype), torch.cat(codes), torch.cat(levels))[-1]
+            if not torch.isfinite(sr).all():  # broken weights or config: an error, never a black or noisy image
+                raise ValueError("the model produced NaN or infinite values: its weights or config are broken "
+                                 "(no image was written)")
             for j, (wy, wx, y0, y1, x0, x1) in enumerate(group):
                 top, left = s * (y0 + m - wy), s * (x0 + m - wx)
                 rows, cols = slice(top, top + s * (y1 - y0)), slice(left, left + s * (x1 - x0))
@@ -670,7 +677,7 @@ def upscale(
     elif kernel is not None:
         codes = _Grid(_kernel_codes(kernel, basis, n), (h, w))
     else:
-        sigma = _map_values(blur_sigma, "blur_sigma", n, "Gaussian std in HR pixels", 0.0, math.inf)
+        sigma = _map_values(blur_sigma, "blur_sigma", n, "Gaussian std in HR pixels", 0.0, MAX_BLUR_SIGMA)
         to_codes = _sigma_codes(basis)
         codes = _Grid(to_codes(sigma), (h, w)) if sigma.shape[-2:] == (1, 1) else _Grid(sigma, (h, w), to_codes)
     if isinstance(noise_level, str):

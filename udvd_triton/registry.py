@@ -71,7 +71,7 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
         raise FileNotFoundError(f"model registry not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"model registry {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format_version") != REGISTRY_FORMAT_VERSION:
         raise ValueError(f"model registry {path}: expected an object with format_version {REGISTRY_FORMAT_VERSION}")
@@ -86,7 +86,9 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
         if unknown:
             raise ValueError(f"{where}: unknown fields {unknown}")
         for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
-            if (key in _REQUIRED or key in raw) and not isinstance(raw.get(key), typ):
+            value = raw.get(key)
+            wrong = not isinstance(value, typ) or (typ is int and isinstance(value, bool))  # JSON true is no scale
+            if (key in _REQUIRED or key in raw) and wrong:
                 raise ValueError(f"{where}: field {key!r} must be a {typ.__name__}, got {raw.get(key)!r}")
         name = raw["name"]
         if name in entries:

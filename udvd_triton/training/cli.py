@@ -99,7 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
                 raise FileExistsError(f"--json {target} exists (use --overwrite to replace it)")
             try:
                 ours = {"model", "results", "metric"} <= json.loads(target.read_text()).keys()
-            except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
                 ours = False
             if not ours:
                 raise FileExistsError(f"--json {target} exists and is not a `udvd eval` result: not replacing it")

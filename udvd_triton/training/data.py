@@ -101,7 +101,7 @@ def _previous_output(src: Path, out: Path, overwrite: bool) -> dict[str, Any] | 
     try:
         manifest = json.loads((out / MANIFEST).read_text())
         ours = set(_listed_files(manifest)) | {VAL_DIR} if manifest.get("format") == FORMAT else set()
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         ours = set()
     if not ours:
         raise FileExistsError(
@@ -287,23 +287,38 @@ class CropDataset:
             raise FileNotFoundError(f"no {MANIFEST} in {self.root}: prepare the data with `udvd prepare-data`")
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(self.manifest, dict):
+            self.manifest = {}
         version = self.manifest.get("version")
         if self.manifest.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
             raise ValueError(f"{path} is not a manifest of format {FORMAT} version {FORMAT_VERSION}")
-        self.crop: int = self.manifest["crop" if version == FORMAT_VERSION else "patch"]
+        crop_key = "crop" if version == FORMAT_VERSION else "patch"
+        shards = self.manifest.get("shards")
+        if not isinstance(self.manifest.get(crop_key), int) or not isinstance(shards, list) or not all(
+            isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("sha256"), str)
+            and isinstance(sh.get("crops"), int) for sh in shards
+        ):
+            raise ValueError(f"{path} is incomplete: it needs '{crop_key}' and 'shards' (each with file, sha256 and "
+                             "crops); prepare the data again with `udvd prepare-data`")
+        self.crop: int = self.manifest[crop_key]
         self.shards: list[np.ndarray] = []
-        for shard in self.manifest["shards"]:
+        for shard in shards:
             file = self.root / shard["file"]
-            if not file.is_file():
+            if not file.is_file() or Path(shard["file"]).name != shard["file"]:
                 raise FileNotFoundError(f"shard {file} listed in the manifest is missing")
-            if verify and files.sha256_file(file) != shard["sha256"]:
-                raise ValueError(f"shard {file} does not match its sha256 in the manifest (corrupted?)")
-            arr = np.load(file, mmap_mode="r")
+            try:
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:  # numpy's texts ("mmap length ...") name no file
+                raise ValueError(f"shard {file} cannot be read: truncated or not a .npy array ({type(exc).__name__}); "
+                                 "prepare the data again") from None
             if arr.dtype != np.uint8 or arr.shape != (shard["crops"], self.crop, self.crop, 3):
-                raise ValueError(f"shard {file} holds {arr.dtype} {arr.shape}, expected uint8 ({shard['crops']}, {self.crop}, {self.crop}, 3)")
+                raise ValueError(f"shard {file} holds {arr.dtype} {arr.shape}, expected uint8 ({shard['crops']}, "
+                                 f"{self.crop}, {self.crop}, 3)")
             self.shards.append(arr)
+        if verify:
+            self.verify()
         counts = np.array([len(s) for s in self.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         if self._starts[-1] == 0:
@@ -311,6 +326,15 @@ class CropDataset:
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    def verify(self) -> None:
+        """Check every shard's sha256 against the manifest (reads all the data once); ValueError naming the first
+        that differs."""
+        for shard in self.manifest["shards"]:
+            file = self.root / shard["file"]
+            if files.sha256_file(file) != shard["sha256"]:
+                raise ValueError(f"shard {file} does not match its sha256 in the manifest (corrupted or changed; "
+                                 "prepare the data again)")
 
     def gather(self, indices: np.ndarray, size: int, offsets: np.ndarray) -> np.ndarray:
         """Crops ``indices`` (B,), each cut to ``size`` x ``size`` at ``offsets`` (B, 2) (y, x): uint8 (B, size, size, 3)."""

@@ -18,11 +18,16 @@ No pickle anywhere: tensors in safetensors, everything else JSON.
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
+import fcntl
 import io
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ FINETUNE = "finetune.json"
 STATE_FORMAT = "udvd-train-state"
 STATE_VERSION = 1
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s", "val_psnr", "val_ssim", "val_bicubic_psnr")
+LOCK = ".udvd-run.lock"  # held (flock) by the one process working in the run folder
 CHECKPOINT_NAME = re.compile(r"^(step-\d{8}|\.step-\d{8}\.tmp-[0-9a-f]{8})$")
 
 
@@ -61,12 +67,17 @@ def rng_state(device: torch.device) -> dict[str, str | None]:
 
 
 def set_rng_state(state: dict[str, str | None], device: torch.device) -> None:
-    def tensor(text: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    """Restore what :func:`rng_state` saved; CheckpointError when it is not such a state."""
 
-    torch.set_rng_state(tensor(state["torch"]))  # type: ignore[arg-type]
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state(tensor(state["cuda"]), device)  # type: ignore[arg-type]
+    def tensor(text: object) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)  # type: ignore[arg-type]
+
+    try:
+        torch.set_rng_state(tensor(state["torch"]))
+        if device.type == "cuda" and state.get("cuda"):
+            torch.cuda.set_rng_state(tensor(state["cuda"]), device)
+    except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as e:
+        raise CheckpointError(f"cannot resume: the checkpoint's random-number state is damaged ({type(e).__name__})") from None
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -74,7 +85,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"cannot resume: {what} {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"cannot resume: {what} {path} is empty, truncated or not JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"cannot resume: {what} {path} is not a JSON object")
@@ -128,7 +139,7 @@ def check_new_run_folder(run_dir: Path, source: str | None) -> None:
             raise NotADirectoryError(f"--out {run_dir} exists and is not a folder")
         if (run_dir / POINTER).exists() or settings_file(run_dir).exists():
             raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume or choose another --out")
-        if any(run_dir.iterdir()):
+        if any(p.name != LOCK for p in run_dir.iterdir()):
             raise FileExistsError(f"--out {run_dir} is not empty: a new run needs a new or empty folder")
     check_writable_folder(run_dir)
 
@@ -163,3 +174,54 @@ def tensorboard_writer(run_dir: Path) -> Any:
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class RunFolderBusy(ValueError):
+    """Another process holds the run folder's lock."""
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (``flock`` on ``RUN/.udvd-run.lock``, created with the folder if needed) while the
+    block runs: one process per run folder. The kernel releases it when the process ends, however it ends, so a
+    crashed run leaves no stale lock. ``RunFolderBusy`` (one line, with the holder's pid) for a second process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusy(f"{run_dir} is in use by another udvd process (pid {holder}): one process per run "
+                            "folder; wait for it to finish or stop it") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would let two processes lock two files)
+
+
+def empty_unstarted(run_dir: Path, created: bool) -> bool:
+    """After a new run failed before its first checkpoint: remove what it wrote (its settings, log, fine-tuning
+    report, TensorBoard folder, unfinished checkpoint folders, lock), and the folder if this run created it and it is
+    then empty. Files others put there are kept. Returns whether the folder is left reusable for a new run."""
+    if (run_dir / POINTER).exists():
+        return False
+    for name in (SETTINGS, LOG, FINETUNE):
+        with suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints.is_dir():
+        for entry in checkpoints.iterdir():
+            if CHECKPOINT_NAME.match(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+        with suppress(OSError):
+            checkpoints.rmdir()
+    with suppress(FileNotFoundError):
+        (run_dir / LOCK).unlink()
+    if created:
+        with suppress(OSError):
+            run_dir.rmdir()
+    return not exists(run_dir) or not any(run_dir.iterdir())

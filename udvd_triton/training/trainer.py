@@ -62,7 +62,9 @@ from udvd_triton.training.run_folder import (
     TENSORS,
     CsvLog,
     check_new_run_folder,
+    empty_unstarted,
     load_checkpoint,
+    locked,
     rng_state,
     set_rng_state,
     settings_file,
@@ -167,6 +169,7 @@ class Run:
                 f"--data {cfg.data} holds other crops than this run was trained on (the shards' checksums differ); "
                 "a resumed run keeps its data"
             )
+        self.dataset.verify()  # every run start reads the crops once anyway (to the device): check what it reads
         self.model, self.finetune_report = self._build_model(state)
         self.sampler = BatchSampler(
             self.dataset, cfg.batch, cfg.scale * cfg.patch, cfg.seed, self.rank, self.world, self.device  # type: ignore[operator]
@@ -209,8 +212,10 @@ class Run:
 
     @classmethod
     def new(cls, config: TrainConfig, progress: bool = True) -> Run:
-        """A fresh run of ``config`` (which is checked)."""
+        """A fresh run of ``config`` (which is checked; ``data`` is stored resolved, so the run resumes from any
+        working folder)."""
         config.check()
+        config.data = str(Path(config.data).expanduser().resolve())
         check_new_run_folder(Path(config.out), config.finetune_from)
         schedule = Schedule.plan(config.lr, config.lr_min, config.warmup, config.steps)
         return cls(config, schedule, progress=progress)
@@ -239,6 +244,8 @@ class Run:
                 raise ValueError(f"unknown setting {name!r}")
             old = getattr(cfg, name)
             value = tuple(value) if name == "loss_weights" and value is not None else value
+            if name == "data" and isinstance(value, str):
+                value = str(Path(value).expanduser().resolve())
             if value == old:
                 continue
             if name not in RESUME_CHANGEABLE:
@@ -538,11 +545,30 @@ def train(config: TrainConfig, progress: bool = True) -> Path | None:
     """Train (or fine-tune, ``config.finetune_from``) a UDVD in the new run folder ``config.out``; see the module
     docstring. Returns ``final/`` on rank 0 (written when the run reaches ``steps`` or stops at ``max_minutes``),
     None on other ranks. Raises ValueError / FileNotFoundError / FileExistsError for bad settings or folders,
-    NonFiniteLossError (a ValueError) when the loss diverges."""
-    return Run.new(config, progress).fit()
+    NonFiniteLossError (a ValueError) when the loss diverges, ``RunFolderBusy`` when another process works in the
+    folder. A run that fails before its first checkpoint leaves the folder empty (or removes it if it created it),
+    ready for a new run, and says so in its error."""
+    config.check()
+    run_dir = Path(config.out)
+    check_new_run_folder(run_dir, config.finetune_from)  # before anything is created
+    created = not exists(run_dir)
+    rank = _dist_env()[0]
+    with locked(run_dir) if rank == 0 else nullcontext():
+        try:
+            return Run.new(config, progress).fit()
+        except BaseException as e:
+            if rank != 0 or not empty_unstarted(run_dir, created):
+                raise
+            note = f"nothing was kept: {run_dir} is {'removed' if created else 'empty'}, ready for a new run"
+            if type(e) in (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, CheckpointError):
+                raise type(e)(f"{e}; {note}") from None
+            tqdm.write(f"udvd: {note}")
+            raise
 
 
 def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = None, progress: bool = True) -> Path | None:
     """Continue the run in ``run_dir`` from its latest checkpoint with its own settings; ``changes`` as in
-    ``Run.resumed`` (e.g. ``{"steps": 30000}`` extends it, re-planning the schedule). Returns as ``train``."""
-    return Run.resumed(run_dir, changes, progress).fit()
+    ``Run.resumed`` (e.g. ``{"steps": 30000}`` extends it, re-planning the schedule). Returns as ``train``; raises
+    ``RunFolderBusy`` while another process works in the folder."""
+    with locked(Path(run_dir)) if _dist_env()[0] == 0 and exists(run_dir) else nullcontext():
+        return Run.resumed(run_dir, changes, progress).fit()
