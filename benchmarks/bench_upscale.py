@@ -116,9 +116,10 @@ def machine() -> dict:
 def estimate(model, size: str, mode: str, device: torch.device, dtype: torch.dtype) -> dict:  # noqa: ANN001
     """The plan ``upscale`` would choose and its estimated activation bytes; ``skip`` when they would not fit."""
     from udvd_triton import inference
+    from udvd_triton.images import as_input
 
     w, h = SIZES[size]
-    image = inference._as_input(np.zeros((h, w, 3), np.uint8))
+    image = as_input(np.zeros((h, w, 3), np.uint8))
     plan = inference._plan(model, image, _tile(mode, w, h), device, dtype)
     wh, ww = plan.window_size(h, w)
     activations = plan.batch * wh * ww * inference._bytes_per_lr_pixel(model, dtype)
@@ -307,6 +308,7 @@ def compare_cuda(args: argparse.Namespace) -> dict:
     then a 3840x2160 input through ``upscale(tile=None)``. Each case is recorded with its error instead of stopping
     the run."""
     from udvd_triton import UDVD, inference
+    from udvd_triton.images import as_input
 
     rate = matmul_rate()
     rows = []
@@ -364,7 +366,7 @@ def compare_cuda(args: argparse.Namespace) -> dict:
                                   args.repeat))
         lw, lh = LARGE_LR
         large = make_input_wh(lw, lh)
-        plan = inference._plan(model, inference._as_input(large), None, torch.device("cuda"), dtype)
+        plan = inference._plan(model, as_input(large), None, torch.device("cuda"), dtype)
         record({"lr": f"{lw}x{lh}", "dtype": dtype_name, "impl": "package-upscale", "windows":
                 len(list(plan.windows(lh, lw))), "tile": plan.tile, "batch": plan.batch,
                 "flop_floor_s": 2 * macs * (lw * lh) / (w * h) / rate},

@@ -145,8 +145,9 @@ def test_models_table(ckpt: Path, tmp_path: Path, capsys, monkeypatch) -> None:
                                                   registry_entry("other", weights)])
     monkeypatch.setenv("UDVD_REGISTRY", str(registry))
     code, out, _ = run(["models"], capsys)
-    header, row, other = out.splitlines()
+    header, row, other, _, estimator = out.splitlines()
     assert code == 0 and header.split()[:4] == ["NAME", "SCALE", "DEFAULT", "ARCH"]
+    assert "estimated by degradation-estimator" in estimator  # the bundled one, whatever UDVD_REGISTRY says
     assert row.split()[:3] == ["tiny-x2", "x2", "yes"] and "UDD 8ch x1" in row and "test: 0 steps" in row
     assert other.split()[:3] == ["other", "x2", "UDD"]
     monkeypatch.setenv("UDVD_REGISTRY", str(write_registry(tmp_path / "empty.json", [])))

@@ -12,14 +12,9 @@ from PIL import Image
 
 from udvd_triton import UDVD, inference
 from udvd_triton.degradation import imresize, isotropic_gaussian, kernel_code
-from udvd_triton.inference import (
-    MIN_TILE_RADII,
-    NOISE_BLOCK,
-    _Grid,
-    auto_tile_size,
-    estimate_noise_level,
-    estimate_noise_map,
-)
+from udvd_triton.blind import NOISE_BLOCK, estimate_noise_level, estimate_noise_map
+from udvd_triton.images import Grid
+from udvd_triton.inference import MIN_TILE_RADII, auto_tile_size
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chelsea.png"
@@ -156,7 +151,7 @@ def test_maps_mean_what_numbers_mean(model: UDVD, rgb: np.ndarray) -> None:
 
 def test_maps_of_another_size_are_resized_like_interpolate() -> None:
     values = torch.rand(2, 3, 7, 11, dtype=torch.float64)
-    grid = _Grid(values, (40, 29))
+    grid = Grid(values, (40, 29))
     expected = F.interpolate(values, size=(40, 29), mode="bilinear", align_corners=False)
     torch.testing.assert_close(grid.window(0, 40, 0, 29), expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(grid.window(5, 17, 3, 20), expected[..., 5:17, 3:20], atol=1e-12, rtol=0)
@@ -267,7 +262,7 @@ def test_float_numpy_matches_reference(model: UDVD, rgb: np.ndarray) -> None:
 def test_integer_numpy_rounds_to_same_dtype(model: UDVD, rgb: np.ndarray, dtype) -> None:
     top = np.iinfo(dtype).max
     img = np.round(rgb * top).astype(dtype)
-    out = model.upscale(img, blur_sigma=1.0)
+    out = model.upscale(img, blur_sigma=1.0, noise_level=0)
     assert out.dtype == dtype and out.shape == (46, 54, 3)
     expected = np.round(reference_sr(model, img / top, 1.0, 0).clip(0, 1) * top)
     assert np.abs(out.astype(np.int64) - expected).max() <= 1
@@ -275,21 +270,21 @@ def test_integer_numpy_rounds_to_same_dtype(model: UDVD, rgb: np.ndarray, dtype)
 
 def test_pil_and_torch_kinds(model: UDVD, rgb: np.ndarray) -> None:
     img8 = np.round(rgb * 255).astype(np.uint8)
-    pil = model.upscale(Image.fromarray(img8))
+    pil = model.upscale(Image.fromarray(img8), 1.0, 0)
     assert isinstance(pil, Image.Image) and pil.mode == "RGB" and pil.size == (54, 46)
-    np.testing.assert_array_equal(np.asarray(pil), model.upscale(img8))
+    np.testing.assert_array_equal(np.asarray(pil), model.upscale(img8, 1.0, 0))
     chw = torch.from_numpy(rgb).permute(2, 0, 1).float()
-    out = model.upscale(chw)
+    out = model.upscale(chw, 1.0, 0)
     assert out.shape == (3, 46, 54) and out.dtype == torch.float32
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), reference_sr(model, rgb, 1.0, 0).clip(0, 1), atol=1e-5)
-    batch = model.upscale(torch.stack([chw, chw.flip(-1)]).double())
+    batch = model.upscale(torch.stack([chw, chw.flip(-1)]).double(), 1.0, 0)
     assert batch.shape == (2, 3, 46, 54) and batch.dtype == torch.float64
     torch.testing.assert_close(batch[0].float(), out, atol=1e-5, rtol=0)
 
 
 def test_gray_is_replicated_and_averaged_back(model: UDVD, rgb: np.ndarray) -> None:
     gray = rgb[..., 0]
-    out = model.upscale(gray)
+    out = model.upscale(gray, 1.0, 0)
     assert out.shape == (46, 54)
     expected = reference_sr(model, np.repeat(gray[..., None], 3, axis=2), 1.0, 0).mean(2).clip(0, 1)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -299,7 +294,7 @@ def test_gray_is_replicated_and_averaged_back(model: UDVD, rgb: np.ndarray) -> N
 
 def test_alpha_is_resized_separately(model: UDVD, rgb: np.ndarray) -> None:
     alpha = np.random.default_rng(1).random((23, 27, 1))
-    out = model.upscale(np.concatenate([rgb, alpha], 2))
+    out = model.upscale(np.concatenate([rgb, alpha], 2), 1.0, 0)
     assert out.shape == (46, 54, 4)
     np.testing.assert_allclose(out[..., :3], reference_sr(model, rgb, 1.0, 0).clip(0, 1), atol=1e-5)
     expected_alpha = imresize(torch.from_numpy(alpha).permute(2, 0, 1)[None].float(), 2)[0, 0].clamp(0, 1)
@@ -310,9 +305,9 @@ def test_alpha_is_resized_separately(model: UDVD, rgb: np.ndarray) -> None:
 
 def test_kernel_argument_and_checkpoint_basis(tmp_path, model: UDVD, rgb: np.ndarray) -> None:
     k = isotropic_gaussian(15, 2.0)
-    by_sigma = model.upscale(rgb, blur_sigma=2.0)
-    np.testing.assert_allclose(model.upscale(rgb, kernel=k * 3), by_sigma, atol=1e-6)  # normalised
-    np.testing.assert_allclose(model.upscale(rgb, kernel=torch.from_numpy(k)), by_sigma, atol=1e-6)
+    by_sigma = model.upscale(rgb, blur_sigma=2.0, noise_level=0)
+    np.testing.assert_allclose(model.upscale(rgb, kernel=k * 3, noise_level=0), by_sigma, atol=1e-6)  # normalised
+    np.testing.assert_allclose(model.upscale(rgb, kernel=torch.from_numpy(k), noise_level=0), by_sigma, atol=1e-6)
     # A checkpoint trained with another basis encodes kernels with that basis.
     other = spread_model()
     q, _ = torch.linalg.qr(torch.randn(225, 15, dtype=torch.float64))
@@ -328,7 +323,7 @@ def test_kernel_argument_and_checkpoint_basis(tmp_path, model: UDVD, rgb: np.nda
             code.view(1, 15, 1, 1).expand(1, 15, *padded.shape[2:]),
             torch.zeros(1, 1, *padded.shape[2:], dtype=torch.float64),
         )[-1][0, :, 2 * r : -2 * r, 2 * r : -2 * r].permute(1, 2, 0).clamp(0, 1).numpy()
-    np.testing.assert_allclose(loaded.upscale(rgb, blur_sigma=2.0), expected, atol=1e-9)
+    np.testing.assert_allclose(loaded.upscale(rgb, blur_sigma=2.0, noise_level=0), expected, atol=1e-9)
     assert np.abs(expected - by_sigma).max() > 1e-3
 
 

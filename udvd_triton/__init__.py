@@ -17,6 +17,7 @@ _EXPORTS = {
     "convert_reference_state_dict": "udvd_triton.model",
     "multistage_l1_loss": "udvd_triton.model",
     "dynamic_filter": "udvd_triton.ops",
+    "estimate_degradation": "udvd_triton.blind",
     "list_models": "udvd_triton.registry",
 }
 __all__ = sorted(_EXPORTS)

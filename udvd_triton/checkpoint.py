@@ -115,7 +115,7 @@ def find_tensors(directory: str | os.PathLike[str], prefix: str) -> Path | None:
 
 
 def save_checkpoint(
-    model: UDVDNet,
+    model: UDVDNet | torch.nn.Module,
     directory: str | os.PathLike[str],
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
@@ -124,8 +124,9 @@ def save_checkpoint(
     returns the weights path (``model.safetensors``, or ``model.safetensors.index.json`` when the weights exceed
     ``max_shard_bytes`` and are sharded). ``dtype`` (e.g. ``torch.float16``) converts the floating-point parameters
     (buffers, such as the kernel-PCA basis, are kept as they are).
+    ``model``: a ``UDVDNet`` or another module whose ``config`` has ``to_dict()`` (the degradation estimator).
     Every file is written atomically."""
-    config = model.config.to_dict()
+    config = model.config.to_dict()  # type: ignore[union-attr]
     # Only parameters are converted: buffers keep their dtype, since the kernel-PCA basis defines how blur kernels
     # are encoded, and a float16-rounded one no longer matches the basis that training synthesises codes with.
     params = {name for name, _ in model.named_parameters()}

@@ -10,6 +10,7 @@ like argparse does for a bad option. Anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -19,13 +20,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from udvd_triton import files, imageio
+from udvd_triton.blind import AUTO, estimate_degradation
 from udvd_triton.degradation import SCALES
 from udvd_triton.devices import parse_device
 from udvd_triton.files import WriteError
-from udvd_triton.inference import CPU_TILE_BUDGET, DEFAULT_BLUR_SIGMA, MIN_TILE_RADII
+from udvd_triton.inference import CPU_TILE_BUDGET, MIN_TILE_RADII
 from udvd_triton.training import cli as training_cli
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -41,16 +44,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 IMAGE_SUFFIXES = imageio.READ_SUFFIXES
 SIGMA_MAP_WHITE = 4.0  # blur width (HR pixels) of a white pixel in a --sigma-map image; black = no blur
+DEGRADATION_KEY = "udvd-degradation"  # output metadata (PNG tEXt / TIFF ImageDescription): the blur and noise used
 log = logging.getLogger("udvd_triton.cli")
 
 
-def _noise_arg(text: str) -> float | str:
-    if text in ("auto", "auto-map"):
+def _degradation_arg(text: str) -> float | str:
+    """--sigma / --noise: a number, or 'auto' / 'auto-map' (estimated from each image)."""
+    if text in AUTO:
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in 0..255, 'auto' or 'auto-map', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'auto-map', got {text!r}") from None
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -127,8 +132,6 @@ def _replaceable(path: Path) -> bool:
 def _load_map(path: str, name: str, white: float):  # -> np.ndarray (h, w) float64
     """A --sigma-map / --noise-map: a .npy (h, w) of values in the map's unit, or a grayscale image whose full scale
     (255, or 65535 for 16 bits) is ``white`` (float images: values as they are)."""
-    import numpy as np
-
     file = Path(path)
     if not file.is_file():
         if files.exists(file):
@@ -158,14 +161,37 @@ def _device(text: str | None, half: bool) -> tuple[torch.device, torch.dtype]:
 
 
 def _degradation_args(args: argparse.Namespace) -> tuple[object, object]:
-    """(blur_sigma, noise_level) for ``upscale`` from --sigma / --sigma-map and --noise / --noise-map."""
+    """(blur_sigma, noise_level) for ``upscale`` from --sigma / --sigma-map and --noise / --noise-map; not given:
+    "auto"."""
     if args.sigma is not None and args.sigma_map:
         raise ValueError("give --sigma or --sigma-map, not both")
     if args.noise is not None and args.noise_map:
         raise ValueError("give --noise or --noise-map, not both")
     sigma = _load_map(args.sigma_map, "--sigma-map", SIGMA_MAP_WHITE) if args.sigma_map else args.sigma
     noise = _load_map(args.noise_map, "--noise-map", 255.0) if args.noise_map else args.noise
-    return (DEFAULT_BLUR_SIGMA if sigma is None else sigma), (0.0 if noise is None else noise)
+    return ("auto" if sigma is None else sigma), ("auto" if noise is None else noise)
+
+
+def _resolve_blind(image: np.ndarray, scale: int, blur_sigma: object, noise_level: object
+                   ) -> tuple[object, object, dict[str, str], str | None]:
+    """Estimate what --sigma / --noise leave to "auto" / "auto-map" (one estimate for both) and return the values
+    to pass to ``upscale``, the output's metadata text (what was used, so that the result can be reproduced with
+    explicit flags) and the estimate's one-line summary (None when nothing was estimated)."""
+    used: dict[str, object] = {}
+    line = None
+    if isinstance(blur_sigma, str) or isinstance(noise_level, str):
+        maps = any(isinstance(v, str) and v == "auto-map" for v in (blur_sigma, noise_level))
+        est = estimate_degradation(image, scale, maps=maps)
+        line = est.summary()
+        if isinstance(blur_sigma, str):
+            blur_sigma = est.blur_map if blur_sigma == "auto-map" else est.blur_sigma
+        if isinstance(noise_level, str):
+            noise_level = est.noise_map if noise_level == "auto-map" else est.noise_level
+        if est.note:
+            used["note"] = est.note
+    for key, value in (("blur_sigma", blur_sigma), ("noise_level", noise_level)):
+        used[key] = round(float(value), 3) if np.ndim(value) == 0 else f"map, mean {float(np.mean(value)):.3f}"
+    return blur_sigma, noise_level, {DEGRADATION_KEY: json.dumps(used)}, line
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -188,7 +214,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     for i, (src, dst) in enumerate(zip(inputs, outputs), 1):
         start = time.monotonic()
         image, info = imageio.read_image(src)
-        sr = model.upscale(image, blur_sigma=blur_sigma, noise_level=noise_level, tile=args.tile,
+        sigma, noise, text, estimated = _resolve_blind(image, model.scale, blur_sigma, noise_level)
+        sr = model.upscale(image, blur_sigma=sigma, noise_level=noise, tile=args.tile,
                            progress=False if args.quiet else None)  # None: a bar when the image takes several batches
         del image
         dst.parent.mkdir(parents=True, exist_ok=True)  # only once an argument mistake can no longer show up
@@ -196,7 +223,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         # an image we wrote and --overwrite was given.
         # The colour profile and the print size are kept (same inches: the resolution grows with the scale).
         dpi = (info.dpi[0] * model.scale, info.dpi[1] * model.scale) if info.dpi else None
-        imageio.write_image(dst, sr, _replaceable if args.overwrite else False, icc=info.icc, dpi=dpi)
+        imageio.write_image(dst, sr, _replaceable if args.overwrite else False, icc=info.icc, dpi=dpi, text=text)
+        if estimated and not args.quiet:  # once the image is written: a failed one gets its error line alone
+            log.info("%s: estimated %s", src, estimated)
         bar.update(1)
         if not interactive:
             log.info("[%d/%d] %s -> %s (%.1f s)", i, len(inputs), src, dst, time.monotonic() - start)
@@ -207,7 +236,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from udvd_triton.registry import load_registry, registry_path
+    from udvd_triton.registry import BLIND_ESTIMATOR, BUNDLED_REGISTRY, estimator_info, load_registry, registry_path
 
     entries = load_registry()
     if not entries:
@@ -222,6 +251,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    est = estimator_info(BLIND_ESTIMATOR, BUNDLED_REGISTRY)
+    print(f"\nblur and noise \"auto\" (the default) are estimated by {est.name} ({est.file}, {est.license}): "
+          f"{est.training}")
     return 0
 
 
@@ -245,16 +277,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, choices=SCALES, default=None,
                    help="upscaling factor: picks the default model, and a --model of another scale is an error "
                    "(default: the model's scale, 2 without --model)")
-    p.add_argument("--sigma", type=float, default=None, metavar="S",
-                   help="width (std, HR pixels) of the Gaussian blur the inputs went through; 0 = none "
-                   f"(default {DEFAULT_BLUR_SIGMA})")
+    p.add_argument("--sigma", type=_degradation_arg, default=None, metavar="S",
+                   help="width (std, HR pixels) of the Gaussian blur the inputs went through, 0 = none; 'auto' (one "
+                   "estimate per image, printed and stored in the output's metadata) or 'auto-map' (a local "
+                   "estimate per region) (default: auto)")
     p.add_argument("--sigma-map", metavar="FILE", help="per-pixel blur widths instead of --sigma: a .npy (h, w) of "
                    f"widths in HR pixels, or a grayscale image, black = no blur, white = {SIGMA_MAP_WHITE:g} HR pixels "
                    f"(8-bit: width = value / {255 / SIGMA_MAP_WHITE:g}); resized bilinearly to each input "
                    "(default: none)")
-    p.add_argument("--noise", type=_noise_arg, default=None, metavar="N",
-                   help="std of the inputs' Gaussian noise on the 0..255 scale, 'auto' (one estimate per image) or "
-                   "'auto-map' (a local estimate per region) (default 0)")
+    p.add_argument("--noise", type=_degradation_arg, default=None, metavar="N",
+                   help="std of the inputs' Gaussian noise on the 0..255 scale; 'auto' (one estimate per image, joint "
+                   "with the blur's) or 'auto-map' (a local estimate per region) (default: auto)")
     p.add_argument("--noise-map", metavar="FILE", help="per-pixel noise levels instead of --noise: a .npy (h, w) "
                    "on the 0..255 scale, or a grayscale image whose value is the level (8-bit: the value; 16-bit: "
                    "value / 257); resized bilinearly to each input (default: none)")
@@ -271,7 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "models", help="list the model registry",
         description="List the registry's models ($UDVD_REGISTRY or the bundled one); DEFAULT marks the model used "
-        "for its scale when --model is not given."
+        "for its scale when --model is not given. Then the degradation estimator behind --sigma / --noise auto."
     )
     p.set_defaults(handler=cmd_models)
 

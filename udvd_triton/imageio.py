@@ -16,6 +16,7 @@ someone else wrote (:func:`is_ours`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -293,7 +294,8 @@ def _png_filter(rows: np.ndarray, previous: np.ndarray, bpp: int) -> bytes:
     return out.tobytes()
 
 
-def _write_png(f, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None) -> None:  # noqa: ANN001
+def _write_png(f, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None,  # noqa: ANN001
+               text: dict[str, str]) -> None:
     h, w = arr.shape[:2]
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     depth = 8 * arr.dtype.itemsize
@@ -304,6 +306,8 @@ def _write_png(f, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] |
     if dpi:  # pixels per metre, unit 1
         _png_chunk(f, b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     _png_chunk(f, b"tEXt", b"Software\0" + MARKER.encode())
+    for key, value in text.items():
+        _png_chunk(f, b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace"))
     z = zlib.compressobj(6)
     row_bytes = w * channels * arr.dtype.itemsize
     previous = np.zeros(row_bytes, np.uint8)
@@ -318,7 +322,8 @@ def _write_png(f, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] |
     _png_chunk(f, b"IEND", b"")
 
 
-def _write_tiff(path: Path, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None) -> None:
+def _write_tiff(path: Path, arr: np.ndarray, icc: bytes | None, dpi: tuple[float, float] | None,
+                text: dict[str, str]) -> None:
     import tifffile
 
     channels = 1 if arr.ndim == 2 else arr.shape[2]
@@ -327,7 +332,8 @@ def _write_tiff(path: Path, arr: np.ndarray, icc: bytes | None, dpi: tuple[float
     planar = "contig" if channels > 1 else None
     resolution = dict(resolution=dpi, resolutionunit="INCH") if dpi else {}
     tifffile.imwrite(path, arr, photometric=photometric, planarconfig=planar, extrasamples=extras,
-                     compression="zlib", software=MARKER, iccprofile=icc, **resolution)
+                     compression="zlib", software=MARKER, iccprofile=icc, description=json.dumps(text) if text else None,
+                     metadata=None, **resolution)
 
 
 def check_writable(path: str | os.PathLike[str], arr_dtype: np.dtype, channels: int) -> None:
@@ -345,10 +351,12 @@ def check_writable(path: str | os.PathLike[str], arr_dtype: np.dtype, channels: 
 
 
 def write_image(path: str | os.PathLike[str], arr: np.ndarray, replace: bool | Callable[[Path], bool] = True, *,
-                icc: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
+                icc: bytes | None = None, dpi: tuple[float, float] | None = None,
+                text: dict[str, str] | None = None) -> None:
     """Write (H, W) / (H, W, C) ``arr`` to ``path`` (.png: uint8 / uint16; .tif / .tiff: uint8, uint16, float)
-    atomically and marked as ours, with the colour profile ``icc`` (ICC bytes) and resolution ``dpi`` if given
-    (PNG iCCP / pHYs, TIFF tags); ``replace`` decides at the rename what may be replaced
+    atomically and marked as ours, with the colour profile ``icc`` (ICC bytes), resolution ``dpi`` and ``text``
+    (key -> value, Latin-1) if given (PNG iCCP / pHYs / tEXt; TIFF tags, the text as JSON in ImageDescription);
+    ``replace`` decides at the rename what may be replaced
     (:func:`files.atomic_output`). Raises ValueError for a format that cannot hold ``arr``, ``files.WriteError``
     when the file cannot be written, ``files.AppearedError`` when a file at ``path`` may not be replaced (the file
     it would replace is then intact)."""
@@ -356,9 +364,9 @@ def write_image(path: str | os.PathLike[str], arr: np.ndarray, replace: bool | C
     with files.atomic_output(path, replace) as tmp:
         if tmp.suffix.lower() == ".png":
             with open(tmp, "wb") as f:
-                _write_png(f, arr, icc, dpi)
+                _write_png(f, arr, icc, dpi, text or {})
         else:
-            _write_tiff(tmp, arr, icc, dpi)
+            _write_tiff(tmp, arr, icc, dpi, text or {})
 
 
 def is_ours(path: str | os.PathLike[str]) -> bool:

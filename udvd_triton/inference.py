@@ -6,9 +6,10 @@ Float images must be finite and in [0, 1]. Gray is replicated to RGB for the mod
 upscaled on its own with the bicubic ``degradation.imresize``.
 
 Degradation (what the LR image went through, SRMD model): the blur as a width ``blur_sigma`` (std of an isotropic
-Gaussian in HR pixels; 0 = none), a 15x15 ``kernel`` or kernel-PCA ``code``; the noise as a level on the 0..255 scale,
-"auto" (one Immerkaer estimate per image) or "auto-map" (a local one). Widths, levels, kernels and codes may vary
-per pixel: maps of any size, resized bilinearly to the LR size (``F.interpolate``, ``align_corners=False``).
+Gaussian in HR pixels; 0 = none), a 15x15 ``kernel`` or kernel-PCA ``code``; the noise as a level on the 0..255 scale.
+Not given, both are estimated from the image (:mod:`udvd_triton.blind`): "auto", one value per image (the default),
+or "auto-map", a local estimate. Widths, levels, kernels and codes may vary per pixel: maps of any size, resized
+bilinearly to the LR size (``F.interpolate``, ``align_corners=False``).
 
 Streaming: the LR image is cut into tiles; each is run with a margin of the model's ``receptive_radius`` LR pixels of real
 context around it (its window), windows of one size are batched, and only each tile's own part of the output is
@@ -35,27 +36,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from udvd_triton.blind import AUTO, DegradationEstimate, estimate_all
 from udvd_triton.degradation import gaussian_kernels, imresize, kernel_code
-from udvd_triton.imageio import PIL_MODES
+from udvd_triton.images import Grid, ImageLike, InputImage, OutputImage, as_input, from_numpy
 from udvd_triton.model import UDVDNet
 
 log = logging.getLogger(__name__)
 
-ImageLike = Image.Image | np.ndarray | torch.Tensor
 MapLike = float | np.ndarray | torch.Tensor
-DEFAULT_BLUR_SIGMA = 1.0  # std of the SRMD blur kernel in HR pixels; assumed when the caller does not know it
 MAX_BLUR_SIGMA = 20.0  # widest blur a 15 x 15 kernel can mean (HR pixels); wider is a box of the kernel's size
 MIN_TILE_RADII = 3  # smallest tile, in receptive radii: below it the margins are most of the work
 CPU_TILE_BUDGET = 1 << 30  # bytes of activations per batch on a CPU: larger windows are no faster there
-NOISE_BLOCK = 16  # "auto-map": Immerkaer sums per block of 16 x 16 LR pixels ...
-NOISE_WINDOW = 5  # ... averaged over 5 x 5 blocks (80 px), then resized bilinearly to the LR size
 PROGRESS_LOG_SECONDS = 30.0  # period of the progress log lines when stderr is not a terminal
 _ALPHA_REACH = 3  # LR pixels the bicubic upscaling of alpha reaches (taps at distance <= 2, plus rounding)
 _CODE_CHUNK = 4096  # kernels encoded at a time (a chunk of 15x15 float64 kernels is 7 MB)
-_INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 
 def _bytes_per_lr_pixel(model: UDVDNet, dtype: torch.dtype) -> int:
@@ -95,158 +90,6 @@ def available_memory(device: torch.device) -> int:
     return 4 << 30
 
 
-# --------------------------------------------------------------------------------------------- the input image
-
-
-@dataclass
-class _Input:
-    """The caller's image, kept as it is; windows of it are converted on demand.
-
-    ``data``: numpy (H, W, C) (a view of an (H, W) input) or torch (N, C, H, W). Window coordinates outside the image
-    repeat its edge pixels (replicate padding)."""
-
-    data: np.ndarray | torch.Tensor
-    kind: str  # "pil" | "numpy" | "torch"
-    batched: bool  # numpy HWC (else HW) / torch NCHW (else CHW)
-    full_scale: float  # 255, 65535 or 1.0
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(n, channels, h, w)."""
-        if isinstance(self.data, np.ndarray):
-            h, w, c = self.data.shape
-            return 1, c, h, w
-        return tuple(self.data.shape)  # type: ignore[return-value]
-
-    @property
-    def gray(self) -> bool:
-        return self.shape[1] <= 2
-
-    @property
-    def has_alpha(self) -> bool:
-        return self.shape[1] in (2, 4)
-
-    def window(self, y0: int, y1: int, x0: int, x1: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Pixels [y0, y1) x [x0, x1) as (n, C, y1 - y0, x1 - x0) in [0, 1], of ``dtype`` on ``device``; may share
-        memory with the caller's image, so never modify it in place."""
-        _, _, h, w = self.shape
-        rows, cols = _indices(y0, y1, h), _indices(x0, x1, w)
-        if isinstance(self.data, np.ndarray):
-            # A window-sized copy in the image's own dtype crosses to the device (uint8: a quarter of float32's bytes)
-            # and is converted there; uint16, which torch handles on the CPU only, crosses as int32.
-            win = np.ascontiguousarray(self.data[rows][:, cols], np.int32 if self.data.dtype == np.uint16 else None)
-            t = _from_numpy(win).to(device).permute(2, 0, 1)[None]
-            t = t.to(dtype, memory_format=torch.contiguous_format)
-        else:
-            t = self.data[:, :, _torch_index(rows, self.data.device)][..., _torch_index(cols, self.data.device)]
-            t = t.to(device=device, dtype=dtype)
-        return t.div_(self.full_scale) if self.full_scale != 1 else t
-
-
-def _indices(a: int, b: int, n: int) -> slice | np.ndarray:
-    """Indices a..b-1 into a length-n axis, clamped to it (replicate padding); a slice when none is clamped."""
-    return slice(a, b) if 0 <= a and b <= n else np.clip(np.arange(a, b), 0, n - 1)
-
-
-def _from_numpy(a: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy``, copying read-only arrays (PIL's, broadcast views), which torch warns about."""
-    return torch.from_numpy(a if a.flags.writeable else a.copy())
-
-
-def _torch_index(index: slice | np.ndarray, device: torch.device) -> slice | torch.Tensor:
-    return index if isinstance(index, slice) else torch.as_tensor(index, device=device)
-
-
-def _check_float_range(low: float, high: float) -> None:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"float images must be finite and in [0, 1], but this one contains NaN or infinity "
-                         f"(range found [{low:g}, {high:g}])")
-    if low < 0 or high > 1:
-        hint = " (0..255 values? divide by 255)" if high > 1 else ""
-        raise ValueError(f"float images must be in [0, 1], found range [{low:g}, {high:g}]{hint}")
-
-
-def _as_input(img: ImageLike) -> _Input:
-    """Check ``img`` (kind, layout, dtype, float range) and wrap it without copying (PIL: one numpy copy)."""
-    if isinstance(img, Image.Image):
-        if img.mode not in PIL_MODES:
-            raise ValueError(f"unsupported PIL image mode {img.mode!r}: convert it to one of {sorted(PIL_MODES)}")
-        arr = np.asarray(img)
-        arr = arr.astype(np.uint16) if img.mode.startswith("I;16") else arr
-        image = _as_input(arr)
-        image.kind = "pil"
-        return image
-    if isinstance(img, np.ndarray):
-        if not img.dtype.isnative:  # e.g. big-endian samples from a file: same values, the machine's byte order
-            img = img.astype(img.dtype.newbyteorder("="))
-        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)):
-            raise ValueError(f"numpy images must be (H, W) or (H, W, C) with C in 1..4, got shape {img.shape}")
-        if img.dtype in _INT_MAX:
-            full_scale = float(_INT_MAX[img.dtype])
-        elif np.issubdtype(img.dtype, np.floating):
-            full_scale = 1.0
-            if img.size:
-                _check_float_range(float(img.min()), float(img.max()))
-        else:
-            raise ValueError(f"numpy images must be uint8, uint16 or float in [0, 1], got dtype {img.dtype}")
-        image = _Input(img if img.ndim == 3 else img[..., None], "numpy", img.ndim == 3, full_scale)
-    elif isinstance(img, torch.Tensor):
-        if img.dim() not in (3, 4) or img.shape[-3] not in (1, 2, 3, 4):
-            raise ValueError(f"torch images must be (C, H, W) or (N, C, H, W) with C in 1..4, got {tuple(img.shape)}")
-        if img.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise ValueError(f"torch images must be floating point (float16, bfloat16, float32 or float64) in [0, 1], "
-                             f"got {img.dtype}")
-        if img.numel():
-            low, high = torch.aminmax(img.detach())
-            _check_float_range(float(low), float(high))
-        image = _Input(img.detach() if img.dim() == 4 else img.detach()[None], "torch", img.dim() == 4, 1.0)
-    else:
-        raise ValueError(f"img must be a PIL image, numpy array or torch tensor, got {type(img).__name__}")
-    n, _, h, w = image.shape
-    if not (n and h and w):
-        raise ValueError(f"empty image of shape {tuple(img.shape)}")
-    return image
-
-
-# --------------------------------------------------------------------------------------------- the output image
-
-
-class _Output:
-    """The result at its final size and dtype, filled tile by tile (``write``), then returned as the input's kind."""
-
-    def __init__(self, image: _Input, scale: int) -> None:
-        n, c, h, w = image.shape
-        self.image, self.scale = image, scale
-        if isinstance(image.data, np.ndarray):
-            self.data: np.ndarray | torch.Tensor = np.empty((scale * h, scale * w, c), image.data.dtype)
-        else:
-            self.data = torch.empty((n, c, scale * h, scale * w), dtype=image.data.dtype, device=image.data.device)
-
-    def write(self, y: int, x: int, rgb: torch.Tensor, alpha: torch.Tensor | None) -> None:
-        """Put an HR tile (n, 3, th, tw) (+ alpha (n, 1, th, tw)) at HR position (y, x): clip to [0, 1], round for
-        integer outputs."""
-        out = rgb.float().mean(1, keepdim=True) if self.image.gray else rgb.float()
-        if alpha is not None:
-            out = torch.cat([out, alpha.to(out)], 1)
-        out = out.clamp_(0, 1)
-        th, tw = out.shape[-2:]
-        if isinstance(self.data, torch.Tensor):
-            self.data[..., y : y + th, x : x + tw] = out.to(self.data)
-            return
-        if self.data.dtype in _INT_MAX:  # rounded and narrowed on the device: uint8 crosses back as one byte a value
-            out = out.mul_(_INT_MAX[self.data.dtype]).round_()
-            out = out.to(torch.uint8 if self.data.dtype == np.uint8 else torch.int32)
-        self.data[y : y + th, x : x + tw] = out[0].permute(1, 2, 0).contiguous().cpu().numpy()
-
-    def result(self) -> ImageLike:
-        data, image = self.data, self.image
-        if isinstance(data, torch.Tensor):
-            return data if image.batched else data[0]
-        if image.kind == "pil":
-            return Image.fromarray(data[..., 0] if data.shape[2] == 1 else data)  # the mode follows the dtype
-        return data if image.batched else data[..., 0]
-
-
 # --------------------------------------------------------------------------------------------- degradation maps
 
 
@@ -261,49 +104,6 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _lerp_index(a: int, b: int, size: int, grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear sampling of LR pixels a..b-1 (clamped to the image) from a grid of ``grid`` cells spanning ``size``
-    pixels, as ``F.interpolate(mode="bilinear", align_corners=False)``: (lower index, upper index, weight)."""
-    dst = torch.arange(a, b, dtype=torch.float64).clamp_(0, size - 1)
-    src = ((dst + 0.5) * (grid / size) - 0.5).clamp_(min=0)
-    lo = src.floor().long()
-    return lo, (lo + 1).clamp_(max=grid - 1), src - lo
-
-
-class _Grid:
-    """A per-pixel quantity over the LR image (or over every image of a batch): ``values`` (B, C, gh, gw), B = 1 or
-    N, sampled window by window: sliced when the grid has the LR size, resized bilinearly otherwise (a 1 x 1 grid is
-    a constant). ``transform`` maps the sampled float64 window to what the model takes."""
-
-    def __init__(
-        self, values: torch.Tensor, size: tuple[int, int], transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> None:
-        self.values, self.size, self.transform = values, size, transform
-
-    def window(
-        self, y0: int, y1: int, x0: int, x1: int, device: torch.device | None = None, dtype: torch.dtype = torch.float64
-    ) -> torch.Tensor:
-        """(B, C', y1 - y0, x1 - x0) for LR pixels [y0, y1) x [x0, x1) (outside: the edge's values), of ``dtype`` on
-        ``device`` (default float64 on the CPU). Sampled in float64; a constant is expanded on the device."""
-        v, (h, w) = self.values, self.size
-        gh, gw = v.shape[-2:]
-        if (gh, gw) == (1, 1):
-            out = self.transform(v.double()) if self.transform else v
-            return out.to(device=device, dtype=dtype).expand(-1, -1, y1 - y0, x1 - x0)
-        out = self._axis(v, 2, y0, y1, h) if gh != h else v[:, :, _torch_index(_indices(y0, y1, h), v.device)]
-        out = self._axis(out, 3, x0, x1, w) if gw != w else out[..., _torch_index(_indices(x0, x1, w), v.device)]
-        out = out.double()
-        return (self.transform(out) if self.transform else out).to(device=device, dtype=dtype)
-
-    @staticmethod
-    def _axis(v: torch.Tensor, dim: int, a: int, b: int, size: int) -> torch.Tensor:
-        lo, hi, weight = _lerp_index(a, b, size, v.shape[dim])
-        shape = [1] * v.dim()
-        shape[dim] = -1
-        low = v.index_select(dim, lo).double()
-        return low + (v.index_select(dim, hi).double() - low) * weight.view(shape)
-
-
 def _map_values(value: Any, name: str, n: int, unit: str, low: float, high: float) -> torch.Tensor:
     """A number, per-image numbers (N,), a map (h, w) or per-image maps (N, h, w) as a (B, 1, gh, gw) tensor, checked
     to be finite and in [low, high]."""
@@ -313,7 +113,7 @@ def _map_values(value: Any, name: str, n: int, unit: str, low: float, high: floa
     elif isinstance(value, (np.ndarray, torch.Tensor)):
         if isinstance(value, np.ndarray) and value.dtype.kind not in "uif":
             raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
-        t = value.detach().cpu() if isinstance(value, torch.Tensor) else _from_numpy(value)
+        t = value.detach().cpu() if isinstance(value, torch.Tensor) else from_numpy(value)
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
         if t.dim() == 1 and t.shape[0] in (1, n):
@@ -357,7 +157,7 @@ def _sigma_codes(basis: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 def _kernel_codes(kernel: np.ndarray | torch.Tensor, basis: torch.Tensor, n: int) -> torch.Tensor:
     """Kernels (k, k), (N, k, k), per-pixel (h, w, k, k) or (N, h, w, k, k), each normalised to sum 1 -> the model's
     codes as a grid (B, L, 1, 1) or (B, L, h, w)."""
-    k = kernel.detach().cpu() if isinstance(kernel, torch.Tensor) else _from_numpy(np.asarray(kernel))
+    k = kernel.detach().cpu() if isinstance(kernel, torch.Tensor) else from_numpy(np.asarray(kernel))
     size = math.isqrt(basis.shape[1])
     if k.is_complex() or k.dtype == torch.bool:
         raise ValueError(f"kernel must be real numbers, got dtype {k.dtype}")
@@ -378,7 +178,7 @@ def _kernel_codes(kernel: np.ndarray | torch.Tensor, basis: torch.Tensor, n: int
 
 def _code_grid(code: np.ndarray | torch.Tensor, length: int, n: int) -> torch.Tensor:
     """Kernel codes (L,), (N, L), a map (h, w, L) or (N, h, w, L) -> grid (B, L, gh, gw)."""
-    c = code.detach().cpu() if isinstance(code, torch.Tensor) else _from_numpy(np.asarray(code))
+    c = code.detach().cpu() if isinstance(code, torch.Tensor) else from_numpy(np.asarray(code))
     shapes = f"({length},), (N, {length}), (h, w, {length}) or (N, h, w, {length})"
     if c.dim() not in (1, 2, 3, 4) or c.shape[-1] != length or (c.dim() in (2, 4) and c.shape[0] not in (1, n)):
         raise ValueError(f"code must be {shapes} for the model's code length (N={n}), got {tuple(c.shape)}")
@@ -387,79 +187,6 @@ def _code_grid(code: np.ndarray | torch.Tensor, length: int, n: int) -> torch.Te
     if c.dim() in (1, 2):
         return c.reshape(-1, length, 1, 1)
     return (c[None] if c.dim() == 3 else c).permute(0, 3, 1, 2)
-
-
-# --------------------------------------------------------------------------------------------- noise estimation
-
-
-def _immerkaer_sums(image: _Input, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Immerkaer's |I * N| summed over the colour channels and the valid 3x3 positions of each block x block cell:
-    (sums (n, gh, gw), counts (gh, gw)) in float64, on the 0..255 scale. Streams bands of rows, so memory is a few
-    rows of the image whatever its size."""
-    n, channels, h, w = image.shape
-    if h < 3 or w < 3:
-        raise ValueError(f"noise estimation needs an image of at least 3x3 pixels, got {h}x{w}")
-    colors = 1 if image.gray else 3
-    gh, gw = -(-h // block), -(-w // block)
-    mask = torch.tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=torch.float64).view(1, 1, 3, 3)
-    sums = torch.zeros(n, gh, gw, dtype=torch.float64)
-    band = max(1, 256 // block)  # block rows per band
-    cpu = torch.device("cpu")
-    for b0 in range(0, gh, band):
-        b1 = min(b0 + band, gh)
-        r0, r1 = b0 * block, min(b1 * block, h)  # response rows (3x3 centres) of this band
-        top, bottom = max(r0 - 1, 0), min(r1 + 1, h)
-        x = image.window(top, bottom, 0, w, cpu, torch.float64)[:, :colors] * 255
-        response = F.conv2d(x.reshape(n * colors, 1, *x.shape[-2:]), mask).abs_().view(n, colors, -1, w - 2).sum(1)
-        cells = torch.zeros(n, (b1 - b0) * block, gw * block, dtype=torch.float64)
-        first = top + 1 - r0  # the response's first row, relative to r0
-        cells[:, first : first + response.shape[1], 1 : w - 1] = response
-        sums[:, b0:b1] = cells.view(n, b1 - b0, block, gw, block).sum((2, 4))
-    rows = torch.tensor([len(range(max(i * block, 1), min((i + 1) * block, h - 1))) for i in range(gh)])
-    cols = torch.tensor([len(range(max(j * block, 1), min((j + 1) * block, w - 1))) for j in range(gw)])
-    return sums, (rows[:, None] * cols[None, :] * colors).double()
-
-
-_IMMERKAER_SCALE = math.sqrt(math.pi / 2) / 6  # sigma = sqrt(pi/2) / 6 * mean |I * N|
-
-
-def _noise_levels(image: _Input) -> torch.Tensor:
-    """One Immerkaer estimate per image: (n,) float64 on the 0..255 scale."""
-    sums, counts = _immerkaer_sums(image, NOISE_BLOCK)
-    return _IMMERKAER_SCALE * sums.sum((1, 2)) / counts.sum()
-
-
-def _noise_grid(image: _Input) -> torch.Tensor:
-    """Local Immerkaer estimates: (n, 1, gh, gw), one per ``NOISE_BLOCK`` cell, each from the
-    ``NOISE_WINDOW`` x ``NOISE_WINDOW`` cells around it (fewer at the borders)."""
-    sums, counts = _immerkaer_sums(image, NOISE_BLOCK)
-    pad = NOISE_WINDOW // 2
-    box = torch.ones(1, 1, NOISE_WINDOW, NOISE_WINDOW, dtype=torch.float64)
-    local_sums = F.conv2d(sums[:, None], box, padding=pad)
-    local_counts = F.conv2d(counts[None, None], box, padding=pad)
-    return _IMMERKAER_SCALE * local_sums / local_counts.clamp(min=1)
-
-
-def estimate_noise_level(img: ImageLike) -> float:
-    """Standard deviation of additive white Gaussian noise in ``img``, on the 0..255 scale.
-
-    Immerkaer's estimator (J. Immerkaer, "Fast Noise Variance Estimation", Computer Vision and Image Understanding
-    64(2):300-302, 1996): convolve with the difference of two Laplacians
-    N = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], which cancels locally smooth (up to quadratic) structure, and
-    sigma = sqrt(pi/2) / (6 (W-2)(H-2)) * sum |I * N| over the valid region. Computed per colour channel (alpha
-    excluded) and averaged, over every image of a batch; textured images read somewhat high.
-    """
-    return float(_noise_levels(_as_input(img)).mean())
-
-
-def estimate_noise_map(img: ImageLike) -> np.ndarray:
-    """Local noise levels (0..255 scale), float64 (H, W), or (N, H, W) for a batched torch input: Immerkaer's
-    estimator over ``NOISE_WINDOW`` x ``NOISE_WINDOW`` blocks of ``NOISE_BLOCK`` pixels around each block, resized
-    bilinearly to the image size (what ``upscale(..., noise_level="auto-map")`` uses)."""
-    image = _as_input(img)
-    _, _, h, w = image.shape
-    levels = _Grid(_noise_grid(image), (h, w)).window(0, h, 0, w)[:, 0].numpy()
-    return levels if image.kind == "torch" and image.batched else levels[0]
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -541,7 +268,7 @@ def _splits(length: int, tile: int) -> list[int]:
     return [round(i * length / count) for i in range(count + 1)]
 
 
-def _plan(model: UDVDNet, image: _Input, tile: int | None, device: torch.device, dtype: torch.dtype) -> _Plan:
+def _plan(model: UDVDNet, image: InputImage, tile: int | None, device: torch.device, dtype: torch.dtype) -> _Plan:
     n, _, h, w = image.shape
     margin = _margin(model)
     min_tile = MIN_TILE_RADII * margin
@@ -589,7 +316,7 @@ def _cpu_channels_last(model: UDVDNet, device: torch.device) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- upscale
 
 
-def _run(model: UDVDNet, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, out: _Output, progress: bool) -> None:
+def _run(model: UDVDNet, image: InputImage, code: Grid, noise: Grid, plan: _Plan, out: OutputImage, progress: bool) -> None:
     """Fill ``out`` window batch by window batch (see the module docstring)."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -629,11 +356,19 @@ def _run(model: UDVDNet, image: _Input, code: _Grid, noise: _Grid, plan: _Plan, 
         bar.close()
 
 
+def _estimated(estimates: list[DegradationEstimate], what: str, as_map: bool) -> torch.Tensor:
+    """Estimated blur widths or noise levels as a grid: (n, 1, 1, 1) values, or (n, 1, h, w) maps."""
+    if as_map:
+        return torch.from_numpy(np.stack([getattr(e, f"{what}_map") for e in estimates]))[:, None]
+    key = "blur_sigma" if what == "blur" else "noise_level"
+    return torch.tensor([getattr(e, key) for e in estimates], dtype=torch.float64).view(-1, 1, 1, 1)
+
+
 def upscale(
     model: UDVDNet,
     img: ImageLike,
-    blur_sigma: MapLike = DEFAULT_BLUR_SIGMA,
-    noise_level: MapLike | str = 0.0,
+    blur_sigma: MapLike | str = "auto",
+    noise_level: MapLike | str = "auto",
     tile: int | None = None,
     *,
     kernel: np.ndarray | torch.Tensor | None = None,
@@ -647,10 +382,11 @@ def upscale(
         img: PIL / numpy / torch image; floats must be finite and in [0, 1].
         blur_sigma: width (std, HR pixels, as in ``degradation.isotropic_gaussian``; 0 = no blur) of the isotropic
             Gaussian blur the image went through: a number, per-image numbers (N,), or a map (h, w) / (N, h, w) of
-            any size (resized bilinearly to the LR size).
+            any size (resized bilinearly to the LR size); "auto" (the default: one estimate per image,
+            ``blind.estimate_degradation``) or "auto-map" (a local estimate, for blur that varies across the frame).
         noise_level: std of its additive Gaussian noise on the 0..255 scale, as a number, (N,) or a map like
-            ``blur_sigma``; or "auto" (one estimate per image, ``estimate_noise_level``) or "auto-map" (a local
-            estimate, ``estimate_noise_map``).
+            ``blur_sigma``; or "auto" (the default) / "auto-map", estimated jointly with the blur. Given numbers or
+            maps always win over estimates; the estimates used are logged (INFO).
         tile: LR tile side; None: chosen from the free memory (CUDA) or available RAM (CPU, at most
             ``CPU_TILE_BUDGET`` bytes of activations); the whole image when it fits. Raised, with a logged note, to
             ``MIN_TILE_RADII`` receptive radii. On running out of memory the batch of windows, then the tile, is
@@ -669,27 +405,37 @@ def upscale(
         tile = int(tile)
     if kernel is not None and code is not None:
         raise ValueError("give the blur as kernel= or as code=, not both")
-    image = _as_input(img)
+    image = as_input(img)
     n, _, h, w = image.shape
     basis = model.kernel_basis.detach().double().cpu()
     if code is not None:
-        codes = _Grid(_code_grid(code, basis.shape[0], n), (h, w))
+        codes = Grid(_code_grid(code, basis.shape[0], n), (h, w))
     elif kernel is not None:
-        codes = _Grid(_kernel_codes(kernel, basis, n), (h, w))
-    else:
-        sigma = _map_values(blur_sigma, "blur_sigma", n, "Gaussian std in HR pixels", 0.0, MAX_BLUR_SIGMA)
+        codes = Grid(_kernel_codes(kernel, basis, n), (h, w))
+    blind = [value for value, wanted in ((blur_sigma, kernel is None and code is None), (noise_level, True))
+             if wanted and isinstance(value, str)]
+    for value in blind:
+        if value not in AUTO:
+            raise ValueError(f"blur_sigma and noise_level take numbers, maps, 'auto' or 'auto-map', got {value!r}")
+    if blind:
+        estimates = estimate_all(image, model.scale, maps="auto-map" in blind)
+        for e in estimates:
+            log.info("estimated degradation: %s", e.summary())
+    if code is None and kernel is None:
+        if isinstance(blur_sigma, str):
+            sigma = _estimated(estimates, "blur", blur_sigma == "auto-map")
+        else:
+            sigma = _map_values(blur_sigma, "blur_sigma", n, "Gaussian std in HR pixels", 0.0, MAX_BLUR_SIGMA)
         to_codes = _sigma_codes(basis)
-        codes = _Grid(to_codes(sigma), (h, w)) if sigma.shape[-2:] == (1, 1) else _Grid(sigma, (h, w), to_codes)
+        codes = Grid(to_codes(sigma), (h, w)) if sigma.shape[-2:] == (1, 1) else Grid(sigma, (h, w), to_codes)
     if isinstance(noise_level, str):
-        if noise_level not in ("auto", "auto-map"):
-            raise ValueError(f"noise_level must be a number in 0..255, a map, 'auto' or 'auto-map', got {noise_level!r}")
-        levels = _noise_levels(image).view(-1, 1, 1, 1) if noise_level == "auto" else _noise_grid(image)
+        levels = _estimated(estimates, "noise", noise_level == "auto-map")
     else:
         levels = _map_values(noise_level, "noise_level", n, "0..255 scale", 0.0, 255.0)
-    noise = _Grid(levels, (h, w))
+    noise = Grid(levels, (h, w))
     param = next(model.parameters())
     plan = _plan(model, image, tile, param.device, param.dtype)
-    out = _Output(image, model.scale)
+    out = OutputImage(image, model.scale)
     while True:
         show = progress if progress is not None else len(list(plan.windows(h, w))) > plan.batch
         try:

@@ -6,7 +6,9 @@ elsewhere. Format::
      "models": [{"name": "udvd-x2", "file": "udvd-x2.safetensors", "sha256": "<64 hex>", "scale": 2,
                  "config": {...ModelConfig fields; n_feats / n_blocks as before 0.2 also read...}, "training": "one-line summary", "license": "MIT",
                  "hf_repo": "owner/repo[@revision]" (optional), "description": "..." (optional),
-                 "default": true (optional: the model used for its scale when none is named)}]}
+                 "default": true (optional: the model used for its scale when none is named)}],
+     "estimators": [{"name": "degradation-estimator", "file": ..., "sha256": ..., "config": {...EstimatorConfig...},
+                     "training": ..., "license": ...}]}     (optional: what "auto" blur / noise use, udvd_triton.blind)
 
 ``file`` is a relative path inside the manifest's directory (no ``..``, not absolute). A file that is not there is
 fetched from ``hf_repo`` (through the Hugging Face cache) when the entry names one; either way its sha256 is checked
@@ -22,7 +24,9 @@ import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+from udvd_triton.estimator import EstimatorConfig
 from udvd_triton.model import ModelConfig
 
 REGISTRY_ENV = "UDVD_REGISTRY"
@@ -51,21 +55,25 @@ class ModelEntry:
     default: bool = False
 
 
+BUNDLED_REGISTRY = Path(str(files("udvd_triton.weights").joinpath(REGISTRY_NAME)))
+BLIND_ESTIMATOR = "degradation-estimator"  # the bundled registry's estimator that "auto" blur and noise use
+
+
 def registry_path(registry: str | os.PathLike[str] | None = None) -> Path:
     """The manifest used: ``registry`` if given, else ``$UDVD_REGISTRY``, else the bundled ``registry.json``."""
     if registry is not None:
         return Path(registry)
     if os.environ.get(REGISTRY_ENV):
         return Path(os.environ[REGISTRY_ENV])
-    return Path(str(files("udvd_triton.weights").joinpath(REGISTRY_NAME)))
+    return BUNDLED_REGISTRY
 
 
 _REQUIRED = {"name": str, "file": str, "sha256": str, "scale": int, "config": dict, "training": str, "license": str}
 _OPTIONAL = {"hf_repo": str, "description": str, "default": bool}
+_ESTIMATOR_FIELDS = {"name": str, "file": str, "sha256": str, "config": dict, "training": str, "license": str}
 
 
-def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
-    """Read and validate the manifest (see the module docstring); returns entries by name, in file order."""
+def _read_manifest(registry: str | os.PathLike[str] | None) -> tuple[Path, dict[str, Any]]:
     path = registry_path(registry)
     if not path.is_file():
         raise FileNotFoundError(f"model registry not found: {path}")
@@ -75,35 +83,50 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
         raise ValueError(f"model registry {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format_version") != REGISTRY_FORMAT_VERSION:
         raise ValueError(f"model registry {path}: expected an object with format_version {REGISTRY_FORMAT_VERSION}")
-    if not isinstance(data.get("models"), list):
-        raise ValueError(f"model registry {path}: 'models' must be a list")
+    for key in ("models", "estimators"):
+        if not isinstance(data.get(key, []), list) or (key == "models" and key not in data):
+            raise ValueError(f"model registry {path}: '{key}' must be a list")
+    return path, data
+
+
+def _checked(raw: object, where: str, required: dict[str, type], optional: dict[str, type]) -> dict[str, Any]:
+    """An entry's fields, checked: known names of the right types (a JSON true is no int), a sha256 of 64 hex
+    digits, a file inside the registry's folder, a valid Hugging Face repo."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: must be an object")
+    unknown = sorted(set(raw) - set(required) - set(optional))
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {unknown}")
+    for key, typ in {**required, **optional}.items():
+        value = raw.get(key)
+        wrong = not isinstance(value, typ) or (typ is int and isinstance(value, bool))  # JSON true is no scale
+        if (key in required or key in raw) and wrong:
+            raise ValueError(f"{where}: field {key!r} must be a {typ.__name__}, got {raw.get(key)!r}")
+    name = raw["name"]
+    if not _SHA256.match(raw["sha256"]):
+        raise ValueError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
+    file = PurePosixPath(raw["file"])
+    if file.is_absolute() or ".." in file.parts or "\\" in raw["file"] or not file.parts:
+        raise ValueError(f"{where} ({name}): file {raw['file']!r} must be a relative path inside the registry's "
+                         "folder (no '..', not absolute)")
+    if "hf_repo" in raw:
+        try:
+            split_hf_spec(raw["hf_repo"])
+        except ValueError as e:
+            raise ValueError(f"{where} ({name}): {e}") from None
+    return raw
+
+
+def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, ModelEntry]:
+    """Read and validate the manifest's models (see the module docstring); returns entries by name, in file order."""
+    path, data = _read_manifest(registry)
     entries: dict[str, ModelEntry] = {}
     for i, raw in enumerate(data["models"]):
         where = f"model registry {path}, entry {i}"
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where}: must be an object")
-        unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
-        if unknown:
-            raise ValueError(f"{where}: unknown fields {unknown}")
-        for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
-            value = raw.get(key)
-            wrong = not isinstance(value, typ) or (typ is int and isinstance(value, bool))  # JSON true is no scale
-            if (key in _REQUIRED or key in raw) and wrong:
-                raise ValueError(f"{where}: field {key!r} must be a {typ.__name__}, got {raw.get(key)!r}")
+        raw = _checked(raw, where, _REQUIRED, _OPTIONAL)
         name = raw["name"]
         if name in entries:
             raise ValueError(f"{where}: duplicate model name {name!r}")
-        if not _SHA256.match(raw["sha256"]):
-            raise ValueError(f"{where} ({name}): sha256 must be 64 lowercase hex digits")
-        file = PurePosixPath(raw["file"])
-        if file.is_absolute() or ".." in file.parts or "\\" in raw["file"] or not file.parts:
-            raise ValueError(f"{where} ({name}): file {raw['file']!r} must be a relative path inside the registry's "
-                             "folder (no '..', not absolute)")
-        if "hf_repo" in raw:
-            try:
-                split_hf_spec(raw["hf_repo"])
-            except ValueError as e:
-                raise ValueError(f"{where} ({name}): {e}") from None
         if raw["config"].get("scale", raw["scale"]) != raw["scale"]:
             config_scale = raw["config"]["scale"]
             raise ValueError(f"{where} ({name}): scale {raw['scale']} differs from config scale {config_scale}")
@@ -115,6 +138,36 @@ def load_registry(registry: str | os.PathLike[str] | None = None) -> dict[str, M
             raise ValueError(f"{where} ({name}): a second default model for x{raw['scale']}")
         entries[name] = ModelEntry(**{**raw, "config": config}, path=(path.parent / raw["file"]).resolve())
     return entries
+
+
+@dataclass(frozen=True)
+class EstimatorEntry:
+    """A degradation estimator of the registry (``"estimators"``); ``path`` is ``file`` resolved against the
+    manifest's directory."""
+
+    name: str
+    file: str
+    sha256: str
+    config: EstimatorConfig
+    training: str
+    license: str
+    path: Path
+    description: str = ""
+
+
+def estimator_info(name: str, registry: str | os.PathLike[str] | None = None) -> EstimatorEntry:
+    """The registry's degradation estimator called ``name``; ValueError when there is none."""
+    path, data = _read_manifest(registry)
+    for i, raw in enumerate(data.get("estimators", [])):
+        raw = _checked(raw, f"model registry {path}, estimator {i}", _ESTIMATOR_FIELDS, {"description": str})
+        if raw["name"] == name:
+            try:
+                config = EstimatorConfig.from_dict(raw["config"])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"model registry {path}: estimator {name!r}: invalid config: {e}") from None
+            return EstimatorEntry(**{**raw, "config": config}, path=(path.parent / raw["file"]).resolve())
+    raise ValueError(f"model registry {path} has no degradation estimator {name!r}: give the blur and noise "
+                     "(--sigma / --noise), or use a registry that lists one")
 
 
 def default_model(scale: int = 2, registry: str | os.PathLike[str] | None = None) -> str:
