@@ -222,11 +222,16 @@ COMPARE_LR = (1920, 1080)  # x2 -> 3840x2160
 LARGE_LR = (3840, 2160)  # x2 -> 7680x4320, through upscale(tile=None): must run as one window
 
 
-def matmul_rate(dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10) -> float:
+def matmul_rate(dtype: torch.dtype = torch.bfloat16, n: int = 8192, reps: int = 10, device: str = "cuda") -> float:
     """Measured dense matmul rate in FLOP/s on random data (the arithmetic ceiling of the FLOP floor)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
+    if device == "cpu":
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        return 2 * n**3 * reps / (time.perf_counter() - start)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(reps):

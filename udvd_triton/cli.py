@@ -257,8 +257,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from udvd_triton.export import export_onnx
+    from udvd_triton.hub import UDVD, weights_sha256
+    from udvd_triton.registry import default_model
+
+    name = args.model or default_model(args.scale or 2)
+    model = UDVD.from_pretrained(name, scale=args.scale)
+    path = export_onnx(model, args.output, form=args.form, half=args.half, opset=args.opset, name=str(name),
+                       sha256=weights_sha256(name), overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, x{model.scale}, form {args.form}, opset "
+              f"{args.opset}{', float16' if args.half else ''})")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``upscale`` and ``models``."""
+    """Add ``upscale``, ``models`` and ``export``."""
     p = subparsers.add_parser(
         "upscale",
         help="super-resolve images",
@@ -307,6 +322,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for its scale when --model is not given. Then the degradation estimator behind --sigma / --noise auto."
     )
     p.set_defaults(handler=cmd_models)
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX",
+        description="Export a model to ONNX with dynamic N, H, W: the dynamic filters as standard ONNX ops, metadata "
+        "for runtimes (scale, source and its sha256, kernel-PCA basis, input ranges, receptive radius for tiling). "
+        "Form 'maps' takes (image, kernel_code, noise_map) as the model's forward does; 'sigma' takes (image, "
+        "blur_sigma, noise_level) and builds the maps inside.",
+    )
+    p.add_argument("--model", default=None, help="registry name, checkpoint folder or .safetensors file, or "
+                   "hf:owner/repo[@revision] (default: the registry's default model for --scale)")
+    p.add_argument("--scale", type=int, choices=SCALES, default=None, help="picks the default model (default 2)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default: onnx)")
+    p.add_argument("--form", choices=("maps", "sigma"), default="maps", help="graph inputs (default: maps)")
+    p.add_argument("--half", action="store_true", help="float16 weights, inputs and output, for GPU runtimes "
+                   "(default: float32)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18..23 (default 18)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export of ours (default: refuse)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line (default: shown)")
+    p.set_defaults(handler=cmd_export)
 
 
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [register, training_cli.register]

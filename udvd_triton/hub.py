@@ -30,6 +30,7 @@ from udvd_triton.checkpoint import (
     save_checkpoint,
 )
 from udvd_triton.devices import parse_device
+from udvd_triton.files import sha256_file
 from udvd_triton.inference import ImageLike, upscale
 from udvd_triton.model import ModelConfig, UDVDNet
 from udvd_triton.registry import model_info, split_hf_spec
@@ -112,6 +113,12 @@ def _resolve(source: str | os.PathLike[str], registry: str | os.PathLike[str] | 
             raise FileNotFoundError(f"registry model {entry.name!r}: weights file missing: {weights}")
         weights = _hf_download(entry.hf_repo, entry.file, True, hub)  # type: ignore[assignment]
     return _Source(f"registry model {entry.name!r}", weights, {"the registry": entry.config.to_dict()}, entry.sha256)
+
+
+def weights_sha256(source: str | os.PathLike[str], registry: str | os.PathLike[str] | None = None) -> str:
+    """The sha256 of the weights file ``source`` names (a registry entry's recorded checksum, else the file's)."""
+    src = _resolve(source, registry, HubOptions())
+    return src.sha256 or sha256_file(src.weights)
 
 
 def _merge_configs(where: str, configs: dict[str, dict[str, Any] | None]) -> ModelConfig:
