@@ -105,7 +105,7 @@ def test_unknown_name_lists_models_and_suggests_closest(checkpoint, tmp_path: Pa
         path / "reg.json",
         [registry_entry("udvd-x2", path / "model.safetensors"), registry_entry("other", path / "model.safetensors")],
     )
-    with pytest.raises(ValueError, match=r"unknown model 'udvd-x3'; did you mean 'udvd-x2'\?.*udvd-x2, other"):
+    with pytest.raises(ValueError, match=r"unknown model 'udvd-x3' \(did you mean 'udvd-x2'\?\).*udvd-x2, other"):
         UDVD.from_pretrained("udvd-x3", registry=registry)
     empty = write_registry(tmp_path / "empty.json", [])
     with pytest.raises(ValueError, match="registry is empty"):

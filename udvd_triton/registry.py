@@ -198,9 +198,9 @@ def model_info(name: str, registry: str | os.PathLike[str] | None = None) -> Mod
     if name in entries:
         return entries[name]
     close = difflib.get_close_matches(name, list(entries), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     available = ", ".join(entries) if entries else "none (the registry is empty)"
-    raise ValueError(f"unknown model {name!r}{hint} Available models: {available}. "
+    raise ValueError(f"unknown model {name!r}{hint}. Available models: {available}. "
                      "A local directory, .safetensors file or hf:owner/repo also works.")
 
 
