@@ -18,6 +18,10 @@ on-device crop gather + synthesis + forward/backward + clipping + fused Adam + E
   configuration, EMA 0.999, no validation or checkpoints), alternately ``--repeats`` times each; steps/s from their
   own log rows, the first row (warm-up) left out.
 
+``--sweep`` (CUDA): the paper model, eager and with ``--cuda-graph``, over batches x LR patches: steps/s, samples/s
+and the share of the FLOP floor (the step's convolution FLOP at the measured bf16 matmul rate); and the dynamic
+filter's forward + backward at the step's shapes with channels-last and contiguous kernels.
+
 Without ``--data`` a small prepared folder of random smooth images is made in a temporary folder (the content does
 not change the speed). Steps are timed with the device synchronised before and after.
 """
@@ -41,7 +45,7 @@ import numpy as np
 import torch
 
 from udvd_triton.training.synth import synthesize
-from udvd_triton.training.trainer import Run, TrainConfig, ema_decay, seed_for
+from udvd_triton.training.trainer import GRAPH_WARMUP, Run, TrainConfig, seed_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"scale": 2, "channels": 32, "blocks": 4, "batch": 16, "patch": 24}
@@ -73,28 +77,28 @@ def _timed(fn: Any, steps: int, device: torch.device, warmup: int = 2) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def measure(data: str, out: Path, device: str, shape: dict[str, int], steps: int, compile: bool = False) -> dict[str, Any]:
+def measure(data: str, out: Path, device: str, shape: dict[str, int], steps: int, compile: bool = False,
+            cuda_graph: bool = False) -> dict[str, Any]:
     """steps/s of ``Run.train_step`` for ``shape``, with the synthesis and EMA shares of a step."""
-    cfg = TrainConfig(data=data, out=str(out), steps=10**6, device=device, compile=compile, val_every=0, **shape)
+    cfg = TrainConfig(data=data, out=str(out), steps=10**6, device=device, compile=compile, cuda_graph=cuda_graph,
+                      val_every=0, **shape)
     run = Run.new(cfg, progress=False)
     t0 = time.perf_counter()
     run.train_step()  # the first step builds caches (and compiles)
     _sync(run.device)
     first = time.perf_counter() - t0
-    step_s = _timed(run.train_step, steps, run.device)
+    # with --cuda-graph: the warm-up steps and the capture stay out of the timed steps
+    step_s = _timed(run.train_step, steps, run.device, warmup=GRAPH_WARMUP + 1 if cuda_graph else 2)
 
     def synthesis() -> None:
         run.generator.manual_seed(seed_for(cfg.seed, run.step, 0, 2))
         synthesize(run.sampler.batch_at(run.step), run.synth, run.generator)
 
-    def ema() -> None:
-        with torch.no_grad():
-            torch._foreach_lerp_(run.ema_params, run.params, 1.0 - ema_decay(cfg.ema, run.step))
-
     synth_s = _timed(synthesis, steps, run.device)
-    ema_s = _timed(ema, steps, run.device)
+    ema_s = _timed(run.update_ema, steps, run.device)
     return {
-        "config": {**shape, "device": str(run.device), "amp_bf16": run.device.type == "cuda", "compile": compile},
+        "config": {**shape, "device": str(run.device), "amp_bf16": run.device.type == "cuda", "compile": compile,
+                   "cuda_graph": cuda_graph},
         "steps_timed": steps,
         "first_step_s": round(first, 3),
         "steps_per_s": round(1 / step_s, 4),
@@ -103,6 +107,80 @@ def measure(data: str, out: Path, device: str, shape: dict[str, int], steps: int
         "ema_ms": round(1000 * ema_s, 3),
         "ema_share": round(ema_s / step_s, 4),
     }
+
+
+def step_flops(shape: dict[str, int]) -> float:
+    """FLOP of one training step of ``shape`` (forward counted by torch's FlopCounterMode on the CPU, x3 for forward
+    + backward): the convolutions' multiply-adds, which a step cannot do faster than the GPU's matmul rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from udvd_triton.model import UDVDNet
+
+    model = UDVDNet(scale=shape["scale"], channels=shape["channels"], blocks=shape["blocks"])
+    p = shape["patch"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, 3, p, p), torch.zeros(1, 15, p, p), torch.zeros(1, 1, p, p))
+    return 3.0 * counter.get_total_flops() * shape["batch"]
+
+
+def matmul_rate(device: torch.device) -> float:
+    """Measured bf16 matmul FLOP/s (8192^3, dense): the FLOP floor's rate."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    seconds = _timed(lambda: a @ b, 20, device, warmup=5)
+    return 2 * 8192**3 / seconds
+
+
+def op_layouts(device: torch.device, batch: int, patch: int, steps: int) -> list[dict[str, Any]]:
+    """The dynamic filter's forward + backward at a step's shapes (upsampling: 100 taps at LR; refinement: 25 at HR),
+    fp32 image and bf16 kernels as autocast gives them, the kernels as the channels-last convs write them and
+    contiguous: does the op's layout matter for the step?"""
+    from udvd_triton.ops import dynamic_filter
+
+    rows = []
+    for name, side, taps, scale in (("upsample", patch, 100, 2), ("refine", 2 * patch, 25, 1)):
+        for layout in ("channels_last", "contiguous"):
+            x = torch.rand(batch, 3, side, side, device=device, requires_grad=True)
+            k = torch.randn(batch, taps, side, side, device=device, dtype=torch.bfloat16)
+            if layout == "channels_last":
+                k = k.contiguous(memory_format=torch.channels_last)
+            k.requires_grad_(True)
+            g = torch.randn(batch, 3, scale * side, scale * side, device=device)
+
+            def fwd_bwd() -> None:
+                torch.autograd.grad(dynamic_filter(x, k, scale, 5), (x, k), g)
+
+            seconds = _timed(fwd_bwd, steps, device, warmup=3)
+            rows.append({"stage": name, "layout": layout, "batch": batch, "side": side, "taps": taps,
+                         "fwd_bwd_ms": round(1000 * seconds, 4)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def sweep(data: str, device: str, tmp: Path, steps: int, batches: list[int], patches: list[int]) -> dict[str, Any]:
+    """Steps/s and samples/s of the paper model, eager and with --cuda-graph, over batches x patches, beside the FLOP
+    floor (``step_flops`` at ``matmul_rate``); and ``op_layouts`` at the paper step's shape."""
+    dev = torch.device(device)
+    rate = matmul_rate(dev)
+    rows = []
+    for patch in patches:
+        for batch in batches:
+            shape = {**PAPER, "batch": batch, "patch": patch}
+            floor_s = step_flops(shape) / rate
+            for graph in (False, True):
+                try:
+                    row = measure(data, tmp / f"sweep-{batch}-{patch}-{graph}", device, shape, steps, cuda_graph=graph)
+                except (RuntimeError, ValueError) as e:  # out of memory, a capture the torch build refuses
+                    row = {"config": {**shape, "cuda_graph": graph}, "error": str(e).splitlines()[0][:300]}
+                else:
+                    row["samples_per_s"] = round(row["steps_per_s"] * batch, 2)
+                    row["floor_ms"] = round(1000 * floor_s, 3)
+                    row["of_floor"] = round(floor_s * row["steps_per_s"], 4)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                torch.cuda.empty_cache()
+    return {"matmul_bf16_tflops": round(rate / 1e12, 1), "rows": rows,
+            "op_layouts": op_layouts(dev, PAPER["batch"], PAPER["patch"], 20)}
 
 
 def _log_steps_per_s(run_dir: Path) -> float:
@@ -178,6 +256,10 @@ def main() -> None:
     p.add_argument("--old-commit", default="e6f492c", help="commit whose trainer runs beside this one (CPU only; default e6f492c)")
     p.add_argument("--old-steps", type=int, default=60, help="steps per old/new trainer run (default 60)")
     p.add_argument("--repeats", type=int, default=2, help="old/new trainer runs each, alternated (default 2)")
+    p.add_argument("--sweep", action="store_true", help="CUDA: the paper model eager and with --cuda-graph over "
+                   "--batches x --patches beside the FLOP floor, and the op's kernels layout (instead of the rest)")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64], help="sweep batches (default 16 32 64)")
+    p.add_argument("--patches", type=int, nargs="+", default=[64], help="sweep LR patches (default 64)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
@@ -195,6 +277,12 @@ def main() -> None:
             "load_average_at_start": os.getloadavg(),
             "data": "synthetic" if args.data is None else "given",
         }
+        if args.sweep:
+            if not cuda:
+                p.error("--sweep needs a CUDA device")
+            results["sweep"] = sweep(data, args.device, tmp, args.paper_steps or 30, args.batches, args.patches)
+            _write(results, args.json)
+            return
         results["small"] = measure(data, tmp / "small", args.device, SMALL, args.steps)
         print(json.dumps(results["small"]), flush=True)
         paper_steps = args.paper_steps or (50 if cuda else 2)
@@ -209,12 +297,16 @@ def main() -> None:
             results["old_vs_new"] = old_vs_new(data, args.old_commit, args.old_steps, args.repeats, tmp)
             print(json.dumps(results["old_vs_new"]), flush=True)
         results["load_average_at_end"] = os.getloadavg()
+    _write(results, args.json)
+
+
+def _write(results: dict[str, Any], path: str | None) -> None:
     print(json.dumps(results, indent=1))
-    if args.json:
+    if path:
         from udvd_triton.files import write_json
 
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, results)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, results)
 
 
 if __name__ == "__main__":

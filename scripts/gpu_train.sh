@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command of a GPU session (15 minutes of device time in all, at most 10 a command): a few seconds of GPU
-# tests, training that continues udvd-x$S until MINUTES are spent (resuming the run left on the machine, else
+# tests, the training step's speed (eager vs --cuda-graph over batches, beside the FLOP floor; SWEEP=0 skips it),
+# training that continues udvd-x$S until MINUTES are spent (resuming the run left on the machine, else
 # fine-tuning the published model), the result scored on Set5 / Set14 against SRMD (official weights) and bicubic,
 # and what a commit needs left in $OUT: the float16 weights (one file under 16 MiB) with their registry entry, the
 # run's log.csv and settings.json, the scores (JSON), the GPU check's log.
@@ -35,11 +36,19 @@ udvd() { "$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')
 
 if [ "$DEVICE" = cuda ]; then  # a few seconds: the op on the GPU against the reference, and a training step
     timeout 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_kernels.py tests/test_training.py \
-        -k "(gpu_larger_shapes and float32) or on_cuda" > "$OUT/gpu-check.log" 2>&1 \
+        -k "(gpu_larger_shapes and float32) or (on_cuda and not cuda_graph)" > "$OUT/gpu-check.log" 2>&1 \
         || { tail -20 "$OUT/gpu-check.log"; exit 1; }
 fi
 if [ ! -f "$WORK/prepared/manifest.json" ]; then
     udvd prepare-data "$PHOTOS" "$WORK/prepared" --crop 192 --stride 144 --max-side 2040 --val 4 --quiet
+fi
+if [ "$DEVICE" = cuda ] && [ "${SWEEP:-1}" = 1 ]; then  # the step's speed (~1 min; never stops the session)
+    # --cuda-graph against the eager loop, then steps/s and samples/s eager / graphed over batches vs the FLOP floor
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k cuda_graph > "$OUT/cuda-graph-test.log" 2>&1 \
+        || echo "note: the --cuda-graph test failed (cuda-graph-test.log)"
+    timeout 120 python3 benchmarks/bench_training.py --sweep --data "$WORK/prepared" --paper-steps 20 \
+        --json "$OUT/training-sweep.json" > "$OUT/training-sweep.log" 2>&1 || echo "note: the step sweep failed"
+    grep -E '"(steps_per_s|of_floor|fwd_bwd_ms)"' "$OUT/training-sweep.log" | cut -c1-200 | head -20
 fi
 common=(--out "$RUN" --max-minutes "$MINUTES" --steps "$STEPS" --device "$DEVICE" --quiet)
 if [ -f "$RUN/checkpoint.json" ]; then

@@ -83,6 +83,34 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(data, tmp_path):
     assert model.config.channels == 8 and model.scale == 2
 
 
+def test_the_device_step_reads_only_the_staged_inputs(data, tmp_path):
+    """What ``--cuda-graph`` captures (``Run.device_step``) must take everything that changes between steps from what
+    ``Run.stage`` put on the device: a run whose step counter is garbage while the device work runs trains exactly as
+    the plain loop does."""
+    def run(name: str) -> Run:
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), steps=5, ema=0.9, warmup=0.4, val_every=0,
+                          batch=2, patch=8, channels=8, blocks=1, device="cpu")
+        return Run.new(cfg, progress=False)
+
+    plain, staged = run("plain"), run("staged")
+    for step in range(4):
+        plain.train_step()
+        staged.stage(step)
+        staged.step = 10**6 + step  # nothing the device work does may depend on it
+        staged.device_step()
+    a, b = plain._tensors(), staged._tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(plain.loss_sum, staged.loss_sum)
+
+
+def test_cuda_graph_needs_one_cuda_process(data, tmp_path, capsys):
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--cuda-graph",
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("udvd: error: --cuda-graph needs a CUDA device") and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_lr_follows_the_planned_curve_after_resume_and_after_an_extension(data, tmp_path):
     common = ["--data", str(data), "--steps", "20", "--log-every", "1", "--val-every", "0", "--warmup", "0.2",
               "--lr", "1e-3", "--lr-min", "1e-5", *TINY]
@@ -344,6 +372,26 @@ def test_training_step_never_waits_for_the_device(data, tmp_path):
 @pytest.mark.gpu
 def test_training_step_never_syncs_on_cuda(data, tmp_path):
     _sync_free_steps(data, tmp_path, "cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_trains_like_the_eager_loop_on_cuda(data, tmp_path):
+    """--cuda-graph: warm-up steps, capture, replays with the staged inputs; the run follows the eager one (cuDNN may
+    pick other algorithms between runs: close, not bit-exact)."""
+    def run(name: str, graph: bool) -> Run:
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), steps=8, ema=0.9, warmup=0.3, val_every=0,
+                          batch=4, patch=12, channels=8, blocks=1, device="cuda", amp=False, cuda_graph=graph)
+        return Run.new(cfg, progress=False)
+
+    eager, graphed = run("eager", False), run("graph", True)
+    for _ in range(8):
+        eager.train_step()
+        graphed.train_step()
+    assert graphed.graph is not None
+    a, b = eager._tensors(), graphed._tensors()
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5, msg=k)
+    torch.testing.assert_close(eager.loss_sum, graphed.loss_sum, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("name, local_rank, world, index", [("auto", 0, 1, 0), ("cuda", 0, 1, 0), ("cuda:1", 0, 1, 1),

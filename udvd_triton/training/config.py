@@ -61,6 +61,9 @@ class TrainConfig:
                         flag="--no-amp")
     compile: bool = setting(False, "torch.compile the model (see benchmarks/README.md for when it pays)", bool,
                             resume=True)
+    cuda_graph: bool = setting(False, "capture the training step once in a CUDA graph and replay it (fixed shapes; "
+                               "removes the per-op launch cost): CUDA, one process, without --compile", bool,
+                               resume=True)
     val_every: int = setting(5000, "validate every N steps, 0 = never", int, low=0, resume=True)
     val_sigma: float | None = setting(None, "validation blur width", float, unit="HR pixels", low=0, low_open=True,
                                       high=20, optional=True, default_text="middle of the scale's training range")

@@ -362,7 +362,8 @@ class BatchSampler:
 
     Crops are visited epoch by epoch in a seeded permutation shared by all ranks; the global batch of a step is
     split across ranks (rank r takes its ``batch`` consecutive positions), so ranks never see the same crop in a
-    step. The sub-crop offsets come from a generator on ``device`` seeded with (seed, step, rank). The crops are
+    step. The sub-crop offsets come from a generator on ``device`` seeded with (seed, step, rank) (:meth:`seed_offsets`,
+    then :meth:`gather`: a CUDA graph can replay the gather). The crops are
     held on ``device`` (``CropDataset.tensor``); a step's batch is a slice of the epoch permutation and one gather,
     so drawing it never waits for the device.
     """
@@ -385,7 +386,7 @@ class BatchSampler:
         self.dataset, self.batch, self.size, self.seed, self.rank, self.world = dataset, batch, size, seed, rank, world
         self.device = torch.device(device)
         self.crops = dataset.tensor(self.device)
-        self._generator = torch.Generator(device=self.device)
+        self.generator = torch.Generator(device=self.device)
         self._span = torch.arange(size, device=self.device)
         self._perms: dict[int, torch.Tensor] = {}
 
@@ -408,12 +409,21 @@ class BatchSampler:
         order = self._perm(first) if first == last else torch.cat([self._perm(e) for e in range(first, last + 1)])
         return order[start - first * n : start - first * n + self.batch]
 
-    def batch_at(self, step: int) -> torch.Tensor:
-        """The uint8 HR crops (batch, size, size, 3) of ``step`` on the device."""
-        self._generator.manual_seed(int(np.random.default_rng([self.seed, step, self.rank, 1]).integers(2**62)))
+    def seed_offsets(self, step: int) -> None:
+        """Seed the sub-crop offsets of ``step`` (host side: a CUDA graph replays :meth:`gather` with it)."""
+        self.generator.manual_seed(int(np.random.default_rng([self.seed, step, self.rank, 1]).integers(2**62)))
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        """The uint8 HR crops (batch, size, size, 3) of the crops ``indices`` (:meth:`indices`) at random offsets
+        drawn from the seeded generator: device work only."""
         offsets = torch.randint(
-            0, self.dataset.crop - self.size + 1, (self.batch, 2), generator=self._generator, device=self.device
+            0, self.dataset.crop - self.size + 1, (self.batch, 2), generator=self.generator, device=self.device
         )
         ys = (offsets[:, 0, None] + self._span)[:, :, None]  # (B, size, 1)
         xs = (offsets[:, 1, None] + self._span)[:, None, :]  # (B, 1, size)
-        return self.crops[self.indices(step)[:, None, None], ys, xs]
+        return self.crops[indices[:, None, None], ys, xs]
+
+    def batch_at(self, step: int) -> torch.Tensor:
+        """The uint8 HR crops (batch, size, size, 3) of ``step`` on the device."""
+        self.seed_offsets(step)
+        return self.gather(self.indices(step))

@@ -122,6 +122,22 @@ def data_fingerprint(dataset: CropDataset) -> str:
 
 
 
+GRAPH_WARMUP = 3  # eager steps before a --cuda-graph run captures its step
+
+
+def _check_graph_support(device: torch.device, world: int, compiled: bool) -> None:
+    """Raise ValueError naming what ``--cuda-graph`` cannot run with."""
+    if device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, got --device {device}")
+    if world > 1:
+        raise ValueError("--cuda-graph runs one process (DistributedDataParallel's communication is not captured)")
+    if compiled:
+        raise ValueError("--cuda-graph and --compile exclude each other (torch.compile has its own CUDA graphs)")
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        raise ValueError(f"--cuda-graph: torch {torch.__version__} cannot capture the training's own random generators "
+                         "(torch.cuda.CUDAGraph.register_generator_state)")
+
+
 def _dist_env() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
@@ -196,12 +212,24 @@ class Run:
         if self.world > 1:
             net = DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
         self.net = torch.compile(net) if cfg.compile else net
-        # fused: one kernel for all parameters, and its step counters stay on the device (no host round trip).
-        self.optimizer = torch.optim.Adam(self.params, lr=schedule.lr_at(0), fused=True)
+        if cfg.cuda_graph:
+            _check_graph_support(self.device, self.world, cfg.compile)
+        # fused: one kernel for all parameters, and its step counters stay on the device (no host round trip). A
+        # captured step reads the LR from a device tensor (a float would be frozen into the graph).
+        lr = torch.tensor(schedule.lr_at(0), device=self.device) if cfg.cuda_graph else schedule.lr_at(0)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True, capturable=cfg.cuda_graph)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema > 0 else None
         self.ema_params = list(self.ema_model.parameters()) if self.ema_model is not None else []
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.amp else nullcontext()
+        # no cast cache: a CUDA graph must not keep casts of one replay's weights for the next (and each weight is
+        # cast once per forward anyway)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda and cfg.amp
+                         else nullcontext())
         self.generator = torch.Generator(device=self.device)
+        # The host's inputs of a step, staged in fixed device tensors that the device work reads (train_step)
+        self.indices = torch.zeros(cfg.batch, dtype=torch.int64, device=self.device)
+        self.ema_weight = torch.zeros((), device=self.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_steps = 0
 
         self.step, self.elapsed_before, self.log_since = 0, 0.0, 0
         self.loss_sum = torch.zeros((), device=self.device)
@@ -401,29 +429,82 @@ class Run:
     # ------------------------------------------------------------------------------------------ the loop
 
     def train_step(self) -> None:
-        """One optimiser step on the batch of ``self.step``; queues device work only, never waits for it."""
+        """One optimiser step on the batch of ``self.step``; queues device work only, never waits for it.
+
+        The host's part of a step (the crop indices, the seeds of the crop offsets and of the degradations, the LR,
+        the EMA weight) is staged into fixed device tensors and generators first (:meth:`stage`); the device work
+        (:meth:`device_step`) reads only those. With ``--cuda-graph`` it runs eagerly for ``GRAPH_WARMUP`` steps (on
+        a side stream, as capture requires; cuDNN picks its algorithms), is then captured once and replayed at every
+        later step with the staged inputs: the same numbers without a launch per op."""
         cfg = self.cfg
-        crops = self.sampler.batch_at(self.step)
-        self.generator.manual_seed(seed_for(cfg.seed, self.step, self.rank, 2))
+        self.stage(self.step)
+        if self.graph is not None:
+            self.graph.replay()
+        elif cfg.cuda_graph and self.eager_steps >= GRAPH_WARMUP:
+            self.graph = self._capture()
+            self.graph.replay()
+        elif cfg.cuda_graph:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.device_step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.eager_steps += 1
+        else:
+            self.device_step()
+        self.step += 1
+
+    def stage(self, step: int) -> None:
+        """Put the host's inputs of ``step`` where :meth:`device_step` reads them."""
+        self.sampler.seed_offsets(step)
+        self.indices.copy_(self.sampler.indices(step))
+        self.generator.manual_seed(seed_for(self.cfg.seed, step, self.rank, 2))
+        lr = self.schedule.lr_at(step)
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self.ema_weight.fill_(1.0 - ema_decay(self.cfg.ema, step))
+
+    def device_step(self) -> None:
+        """The device work of a step from the staged inputs (see :meth:`train_step`): crop gather, synthesis,
+        forward / backward, clipping, Adam, EMA, the loss sum and NaN flag. Nothing here reads a host value that
+        changes between steps or waits for the device, so it can be captured in a CUDA graph."""
+        crops = self.sampler.gather(self.indices)
         batch = synthesize(crops, self.synth, self.generator)
         lr_img, code, noise, hr = (t.contiguous(memory_format=self.memory_format) for t in batch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr_at(self.step)
         with self.autocast:
             outputs = self.net(lr_img, code, noise)
         loss = multistage_l1_loss(outputs, hr, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
-        if self.ema_model is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(self.ema_params, self.params, 1.0 - ema_decay(cfg.ema, self.step))
+        self.update_ema()
         loss = loss.detach()
         self.loss_sum += loss
         self.non_finite |= ~torch.isfinite(loss)
-        self.step += 1
+
+    def update_ema(self) -> None:
+        """ema += (weights - ema) * ``ema_weight`` (a device tensor: the weight changes while it warms up)."""
+        if self.ema_model is None:
+            return
+        with torch.no_grad():
+            drift = torch._foreach_sub(self.params, self.ema_params)
+            torch._foreach_mul_(drift, self.ema_weight)
+            torch._foreach_add_(self.ema_params, drift)
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """:meth:`device_step` captured as a CUDA graph that replays with the generators' seeds of the moment."""
+        graph = torch.cuda.CUDAGraph()
+        for generator in (self.sampler.generator, self.generator):
+            graph.register_generator_state(generator)
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph):
+            self.device_step()
+        return graph
 
     def _validate(self, images: list[tuple[str, np.ndarray]]) -> dict[str, float]:
         cfg = self.cfg
