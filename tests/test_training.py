@@ -488,6 +488,30 @@ def test_eval_table_and_json(tmp_path, capsys):
     assert f"| 0.5 | 10 | {row['bicubic_psnr']:.2f} | {row['bicubic_ssim']:.4f} | {row['psnr']:.2f} |" in table[3]
 
 
+def test_eval_blind_scores_the_model_told_nothing(tmp_path, capsys):
+    """``udvd eval --blind``: the score of ``upscale`` with blur and noise estimated from the degraded input."""
+    import skimage.data
+
+    from udvd_triton.inference import upscale
+    from udvd_triton.metrics import psnr
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    hr = skimage.data.chelsea()[100:196, 150:246]
+    Image.fromarray(hr).save(images / "cat.png")
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    run_command(["eval", "--model", str(tmp_path / "m"), "--images", str(images), "--sigma", "1.5", "--noise", "10",
+                 "--blind", "--json", str(tmp_path / "r.json"), "--quiet"])
+    capsys.readouterr()
+    result = json.loads((tmp_path / "r.json").read_text())
+    lr = degraded_input(hr, 2, 1.5, 10.0, np.random.default_rng([0, 0, 1500, 10000]))
+    assert result["blind"] is True
+    assert result["results"][0]["per_image"][0]["psnr"] == pytest.approx(psnr(upscale(model, lr), hr, border=2), abs=1e-9)
+    told = upscale(model, lr, blur_sigma=1.5, noise_level=10.0)
+    assert result["results"][0]["psnr"] != pytest.approx(psnr(told, hr, border=2), abs=1e-9)
+
+
 def test_eval_json_is_replaced_only_with_overwrite_and_only_if_ours(tmp_path):
     import skimage.data
 

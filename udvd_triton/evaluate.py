@@ -69,8 +69,11 @@ def degraded_input(hr: np.ndarray, scale: int, sigma: float, noise: float, rng: 
 Upscaler = Callable[[np.ndarray, float, float], np.ndarray]  # (uint8 LR (h, w, 3), blur sigma, noise) -> uint8 SR
 
 
-def model_upscaler(model: UDVDNet) -> Upscaler:
-    """``model`` told the true degradation: ``upscale(model, lr, blur_sigma=sigma, noise_level=noise)``."""
+def model_upscaler(model: UDVDNet, blind: bool = False) -> Upscaler:
+    """``model`` told the true degradation: ``upscale(model, lr, blur_sigma=sigma, noise_level=noise)``; with
+    ``blind``, told nothing (blur and noise estimated from ``lr``, as ``udvd upscale`` does by default)."""
+    if blind:
+        return lambda lr, sigma, noise: upscale(model, lr, blur_sigma="auto", noise_level="auto")
     return lambda lr, sigma, noise: upscale(model, lr, blur_sigma=sigma, noise_level=noise)
 
 

@@ -107,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
     images = folder_images(args.images) if args.images else default_images()
     sigmas = args.sigma or default_sigmas(model.scale)
     noises = args.noise if args.noise is not None else DEFAULT_NOISES
-    rows = evaluate(model_upscaler(model), model.scale, images, sigmas, noises, seed=args.seed, progress=not args.quiet)
+    rows = evaluate(model_upscaler(model, args.blind), model.scale, images, sigmas, noises, seed=args.seed, progress=not args.quiet)
     print(markdown_table(rows, model.scale))
     if args.json:
         result: dict[str, Any] = {
@@ -116,6 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
             "config": model.config.to_dict(),
             "images": [name for name, _ in images],
             "seed": args.seed,
+            "blind": args.blind,
             "border": model.scale,
             "metric": "PSNR (dB) / SSIM on Y (BT.601), border = scale",
             "results": rows,
@@ -195,6 +196,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="blur widths in HR pixels (default: low, middle and high end of the scale's training range)")
     p.add_argument("--noise", type=float, nargs="+", help="noise levels, 0..255 scale (default 0 15 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the added noise (default 0)")
+    p.add_argument("--blind", action="store_true", help="the model is told nothing: blur and noise are estimated "
+                   "from each degraded input, as 'udvd upscale' does by default (default: told the true values)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json result (default: refuse)")
