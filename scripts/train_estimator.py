@@ -5,8 +5,9 @@ Each step: HR crops of ``udvd prepare-data`` (training photos only) cut to 64 LR
 samples, uniform in [0, 15] for 40 %, in [0, 75] for 20 % (photos are mostly nearly clean; a curriculum
 raises the noise from 0 over the first 40 % of the steps: edges under noise are learnt after clean ones); bicubic down, AWGN, 8-bit rounding (``training.synth.degrade_batch``, the same
 numbers as the models' training); then a JPEG round trip at quality 60-95 for 15 % of the samples and gray for 10 %
-(the estimate must not read compression or a single channel as noise). Loss: ``estimator.loss`` on each patch's
-pooled estimate. Writes ``OUT/estimator.safetensors`` (config in its metadata) and ``OUT/log.json``.
+(the estimate must not read compression or a single channel as noise); ``--varying`` of the patches blend two blur
+widths along a soft boundary, as many (independently) two noise levels (``blend_masks``). Loss: ``estimator.loss``, on each patch's pooled estimate and at
+every location (what "auto-map" pools). Writes ``OUT/model.safetensors`` + ``config.json`` (``save_checkpoint``) and ``OUT/log.json``.
 
     python scripts/train_estimator.py data/prepared runs/estimator --steps 6000
 """
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from udvd_triton.checkpoint import read_checkpoint, save_checkpoint
 from udvd_triton.degradation import SCALES, SIGMA_RANGES, gaussian_kernels
-from udvd_triton.estimator import DegradationEstimator, EstimatorConfig, decode, loss as estimator_loss, pool
+from udvd_triton.estimator import STRIDE, DegradationEstimator, EstimatorConfig, decode, loss as estimator_loss, pool
 from udvd_triton.training.data import CropDataset
 from udvd_triton.training.synth import degrade_batch, random_dihedral
 
@@ -41,10 +43,26 @@ def jpeg(lr: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(buf), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def batch(crops: torch.Tensor, size: int, scale: int, g: torch.Generator, noise_max: float = NOISE_MAX
-          ) -> tuple[torch.Tensor, ...]:
-    """(lr (B, 3, P, P), blur (B,), noise (B,)) from ``size`` random crops of the uint8 crop tensor: LR patches of
-    P = 64 pixels (48 at x4, whose HR side would pass the crops')."""
+def blend_masks(size: int, side: int, share: float, g: torch.Generator) -> torch.Tensor:
+    """(size, 1, side, side) LR masks: for a ``share`` of the samples a soft straight boundary at a random angle and
+    place, 1 on one side and 0 on the other over 1-12 pixels (a depth-of-field edge, two sources side by side); ones
+    for the others."""
+    yy, xx = torch.meshgrid(torch.arange(side) - side / 2, torch.arange(side) - side / 2, indexing="ij")
+    angle = 2 * math.pi * torch.rand(size, 1, 1, generator=g)
+    offset = (torch.rand(size, 1, 1, generator=g) - 0.5) * side * 0.6
+    width = 1 + 11 * torch.rand(size, 1, 1, generator=g)
+    mask = torch.sigmoid((xx * angle.cos() + yy * angle.sin() - offset) / width)
+    keep = torch.rand(size, 1, 1, generator=g) >= share
+    return torch.where(keep, torch.ones_like(mask), mask)[:, None]
+
+
+def batch(crops: torch.Tensor, size: int, scale: int, g: torch.Generator, noise_max: float = NOISE_MAX,
+          varying: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """(lr (B, 3, P, P), blur, noise) from ``size`` random crops of the uint8 crop tensor: LR patches of P = 64 pixels
+    (48 at x4, whose HR side would pass the crops'); ``blur`` and ``noise`` are maps at the estimator's prediction
+    locations (B, 1, P / 4, P / 4). A ``varying`` share of the patches blends two blurs of the same crop along a soft
+    boundary, and (independently) another share two noise levels along another (:func:`blend_masks`): the noise is
+    added with the blended level, so the truth is exact wherever the mask says; the others have one of each."""
     n, p = crops.shape[0], crops.shape[1]
     hr_side = min(64, p // scale) * scale
     idx = torch.randint(0, n, (size,), generator=g)
@@ -52,12 +70,24 @@ def batch(crops: torch.Tensor, size: int, scale: int, g: torch.Generator, noise_
     hr = torch.stack([crops[i, a : a + hr_side, b : b + hr_side] for i, a, b in zip(idx, y, x)])
     hr = random_dihedral(hr.permute(0, 3, 1, 2), g).float().div_(255)
     lo, hi = SIGMA_RANGES[scale]
-    blur = lo + (hi - lo) * torch.rand(size, generator=g)
-    # most photos are nearly clean: 40 % without noise, 40 % with up to 15 levels, 20 % with up to noise_max
-    u = torch.rand(size, generator=g)
-    level = torch.where(u < 0.8, min(15.0, noise_max), noise_max) * torch.rand(size, generator=g)
-    noise = torch.where(u < 0.4, 0.0, level)
-    lr = degrade_batch(hr, gaussian_kernels(blur, check=False).float(), noise, scale, g)
+
+    def levels() -> torch.Tensor:  # most photos are nearly clean: 40 % none, 40 % up to 15 levels, 20 % up to noise_max
+        u = torch.rand(size, generator=g)
+        level = torch.where(u < 0.8, min(15.0, noise_max), noise_max) * torch.rand(size, generator=g)
+        return torch.where(u < 0.4, 0.0, level).view(-1, 1, 1, 1)
+
+    def clean(sigma: torch.Tensor) -> torch.Tensor:  # blurred and downscaled, no noise, not quantised
+        return degrade_batch(hr, gaussian_kernels(sigma, check=False).float(), torch.zeros(size), scale, g, False)
+
+    blur, other = (lo + (hi - lo) * torch.rand(size, generator=g)).view(-1, 1, 1, 1), lo + (hi - lo) * torch.rand(size, generator=g)
+    side = hr_side // scale
+    blur_mask, noise_mask = blend_masks(size, side, varying, g), blend_masks(size, side, varying, g)
+    noise_map = noise_mask * levels() + (1 - noise_mask) * levels()
+    lr = blur_mask * clean(blur.flatten()) + (1 - blur_mask) * clean(other)
+    lr = (lr + torch.randn(lr.shape, generator=g) * noise_map / 255).clamp(0, 1).mul(255).round().div(255)
+    located = F.avg_pool2d(blur_mask, STRIDE, ceil_mode=True)
+    blur = located * blur + (1 - located) * other.view(-1, 1, 1, 1)
+    noise = F.avg_pool2d(noise_map, STRIDE, ceil_mode=True)
     for i in range(size):
         if torch.rand((), generator=g) < 0.15:
             lr[i] = jpeg(lr[i], int(torch.randint(60, 96, (), generator=g)))
@@ -76,6 +106,8 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="continue from this estimator folder (a previous run's OUT)")
+    parser.add_argument("--varying", type=float, default=0.3,
+                        help="share of the patches whose blur varies across them, and whose noise does (default 0.3)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
@@ -94,7 +126,7 @@ def main() -> int:
         scale = SCALES[step % len(SCALES)]
         # curriculum: blur is read off edges, which noise hides; the network first learns it on clean patches
         ramp = 1.0 if args.init else min(1.0, step / (0.4 * args.steps))
-        lr, blur, noise = batch(crops, args.batch, scale, g, NOISE_MAX * ramp)
+        lr, blur, noise = batch(crops, args.batch, scale, g, NOISE_MAX * ramp, args.varying)
         loss = estimator_loss(decode(model(lr), scale), blur, noise, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,8 +139,8 @@ def main() -> int:
             with torch.no_grad():
                 for s, (vlr, vblur, vnoise) in val.items():
                     pred = decode(model(vlr), s)
-                    row[f"x{s}_blur_mae"] = float((pool(pred, "blur")[0] - vblur).abs().mean())
-                    row[f"x{s}_noise_mae"] = float((pool(pred, "noise")[0] - vnoise).abs().mean())
+                    row[f"x{s}_blur_mae"] = float((pool(pred, "blur")[0] - vblur.mean((1, 2, 3))).abs().mean())
+                    row[f"x{s}_noise_mae"] = float((pool(pred, "noise")[0] - vnoise.mean((1, 2, 3))).abs().mean())
             model.train()
             log.append(row)
             print(json.dumps(row), flush=True)

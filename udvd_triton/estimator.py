@@ -165,16 +165,26 @@ def pool(pred: Prediction, what: str, dims: tuple[int, ...] = (1, 2, 3)) -> tupl
 
 
 def loss(pred: Prediction, blur: torch.Tensor, noise: torch.Tensor, scale: int) -> torch.Tensor:
-    """The training loss for the true ``blur`` (N,) and ``noise`` (N,) of a x``scale`` batch of patches: the pinball
-    loss of each patch's pooled estimate at the quantiles ``BLUR_QUANTILE`` / ``NOISE_QUANTILE`` (relative to the
-    blur range and to the noise range), which also teaches the logits where to look, plus the Laplace negative
-    log-likelihood of the true values under the pooled estimate with its expected error (the estimate held fixed),
-    which fits the expected errors."""
+    """The training loss for the true ``blur`` and ``noise`` of a x``scale`` batch of patches, each (N,) or a map
+    (N, 1, h', w') at the prediction locations (a patch whose blur varies). Pooled: the pinball loss of each patch's
+    pooled estimate against the patch's mean truth at the quantiles ``BLUR_QUANTILE`` / ``NOISE_QUANTILE`` (relative
+    to the blur range and to the noise range), which also teaches the logits where to look, plus the Laplace
+    negative log-likelihood of the truth under the pooled estimate with its expected error (the estimate held fixed),
+    which fits the expected errors. Local: the same pinball loss at every location against the truth there, so that
+    a region's pooled predictions ("auto-map") estimate that region, not only the whole patch's average."""
     lo, hi = SIGMA_RANGES[scale]
     total = torch.zeros((), device=blur.device)
     for what, truth, spread, tau in (("blur", blur, hi - lo, BLUR_QUANTILE), ("noise", noise, NOISE_MAX, NOISE_QUANTILE)):
+        located = getattr(pred, what)
+        truth = truth.view(-1, 1, 1, 1).expand_as(located) if truth.dim() == 1 else truth
         value, expected = pool(pred, what)
-        diff = truth - value
-        pinball = torch.maximum(tau * diff, (tau - 1) * diff)
-        total = total + (pinball / spread).mean() + 0.1 * (diff.abs().detach() / expected + (expected / spread).log()).mean()
+        diff = truth.mean((1, 2, 3)) - value
+        total = total + (_pinball(diff, tau) / spread).mean()
+        total = total + 0.1 * (diff.abs().detach() / expected + (expected / spread).log()).mean()
+        total = total + 0.5 * (_pinball(truth - located, tau) / spread).mean()
     return total
+
+
+def _pinball(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """The quantile (pinball) loss of ``diff`` = truth - estimate at quantile ``tau``."""
+    return torch.maximum(tau * diff, (tau - 1) * diff)
