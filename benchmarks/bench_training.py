@@ -15,8 +15,9 @@ on-device crop gather + synthesis + forward/backward + clipping + fused Adam + E
   reported apart, excluded from steps/s);
 - ``old_vs_new`` (``--old-commit``, default e6f492c, the loop before the sync-free rewrite): the whole trainer of
   that commit (``git archive`` into a temporary folder, run in a subprocess) and of this tree, same settings (small
-  configuration, EMA 0.999, no validation or checkpoints), alternately ``--repeats`` times each; steps/s from their
-  own log rows, the first row (warm-up) left out.
+  configuration, EMA 0.999, no validation or checkpoints; the random photos below, each commit preparing them with
+  its own ``prepare_data``), alternately ``--repeats`` times each; steps/s from their own log rows, the first row
+  (warm-up) left out.
 
 ``--sweep`` (CUDA): the paper model, eager and with ``--cuda-graph``, over batches x LR patches: steps/s, samples/s
 and the share of the FLOP floor (the step's convolution FLOP at the measured bf16 matmul rate); and the dynamic
@@ -57,6 +58,13 @@ import udvd_triton
 from udvd_triton.training.trainer import TrainConfig, train
 assert udvd_triton.__file__.startswith(sys.argv[2]), udvd_triton.__file__
 train(TrainConfig(**json.loads(sys.argv[1])), progress=False)
+"""
+# Each commit prepares the photos with its own ``prepare_data``: the manifest format changed between them (the HR
+# crop's side is its third positional argument in both).
+_PREPARE = """
+import sys
+from udvd_triton.training.data import prepare_data
+prepare_data(sys.argv[1], sys.argv[2], 192, val_count=1, progress=False)
 """
 
 
@@ -189,25 +197,32 @@ def _log_steps_per_s(run_dir: Path) -> float:
     return statistics.median(float(r["steps_per_s"]) for r in rows[1:])
 
 
-def old_vs_new(data: str, commit: str, steps: int, repeats: int, tmp: Path) -> dict[str, Any]:
-    """The whole trainer of ``commit`` and of this tree on the CPU, same settings, run alternately."""
+def old_vs_new(photos: Path, commit: str, steps: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """The whole trainer of ``commit`` and of this tree on the CPU, same settings and photos, run alternately."""
     old_tree = tmp / f"udvd-triton-{commit}"
     old_tree.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
     for sub in ("kernels", "weights"):  # installed as udvd_triton.<sub>, which a source tree does not have
         (old_tree / "udvd_triton" / sub).symlink_to(old_tree / sub)
-    settings = {**SMALL, "data": data, "steps": steps, "ema": 0.999, "clean_fraction": 0.0, "device": "cpu",
+    settings = {**SMALL, "steps": steps, "ema": 0.999, "clean_fraction": 0.0, "device": "cpu",
                 "val_every": 0, "ckpt_every": 0, "log_every": max(1, steps // 6)}
+    trees = {"old": old_tree, "new": ROOT}
+
+    def run(name: str, code: str, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(trees[name])}
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=trees[name], capture_output=True,
+                              text=True)  # cwd: sys.path[0] of -c
+        if proc.returncode:
+            raise RuntimeError(f"the {name} trainer failed:\n{proc.stderr[-3000:]}")
+
+    for name in trees:
+        run(name, _PREPARE, str(photos), str(tmp / f"prepared-{name}"))
     results: dict[str, list[float]] = {"old": [], "new": []}
     for i in range(repeats):
-        for name, tree in (("old", old_tree), ("new", ROOT)):
+        for name, tree in trees.items():
             out = tmp / f"{name}-{i}"
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps({**settings, "out": str(out)}), str(tree)],
-                                  env=env, cwd=tree, capture_output=True, text=True)  # cwd: sys.path[0] of -c
-            if proc.returncode:
-                raise RuntimeError(f"the {name} trainer failed:\n{proc.stderr[-3000:]}")
+            run(name, _RUNNER, json.dumps({**settings, "data": str(tmp / f"prepared-{name}"), "out": str(out)}), str(tree))
             results[name].append(_log_steps_per_s(out))
     old, new = statistics.median(results["old"]), statistics.median(results["new"])
     return {
@@ -221,10 +236,9 @@ def old_vs_new(data: str, commit: str, steps: int, repeats: int, tmp: Path) -> d
     }
 
 
-def _synthetic_data(folder: Path) -> str:
+def _synthetic_photos(folder: Path) -> Path:
+    """Six smooth random 400 x 400 photos in ``folder / "photos"``."""
     from PIL import Image
-
-    from udvd_triton.training.data import prepare_data
 
     rng = np.random.default_rng(0)
     photos = folder / "photos"
@@ -232,8 +246,7 @@ def _synthetic_data(folder: Path) -> str:
     for i in range(6):
         small = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
         Image.fromarray(small).resize((400, 400), Image.BICUBIC).save(photos / f"{i}.png")
-    prepare_data(photos, folder / "prepared", crop=192, val_count=1, progress=False)
-    return str(folder / "prepared")
+    return photos
 
 
 def _cpu_name() -> str:
@@ -267,7 +280,14 @@ def main() -> None:
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        data = str(Path(args.data).resolve()) if args.data else _synthetic_data(tmp)  # the trainers run elsewhere
+        photos = _synthetic_photos(tmp)
+        if args.data:
+            data = str(Path(args.data).resolve())  # the trainers run elsewhere
+        else:
+            from udvd_triton.training.data import prepare_data
+
+            data = str(tmp / "prepared")
+            prepare_data(photos, data, crop=192, val_count=1, progress=False)
         results: dict[str, Any] = {
             "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
             "cpu_count": os.cpu_count(),
@@ -294,7 +314,7 @@ def main() -> None:
             results["compile"]["speedup_vs_eager"] = round(results["compile"]["steps_per_s"] / results[eager]["steps_per_s"], 4)
             print(json.dumps(results["compile"]), flush=True)
         if not cuda and args.old_commit:
-            results["old_vs_new"] = old_vs_new(data, args.old_commit, args.old_steps, args.repeats, tmp)
+            results["old_vs_new"] = old_vs_new(photos, args.old_commit, args.old_steps, args.repeats, tmp)
             print(json.dumps(results["old_vs_new"]), flush=True)
         results["load_average_at_end"] = os.getloadavg()
     _write(results, args.json)
