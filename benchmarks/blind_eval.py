@@ -129,27 +129,76 @@ def varying(name: str, images: list[tuple[str, np.ndarray]]) -> list[dict]:
     return rows
 
 
+def markdown(result: dict) -> str:
+    """Per model: the grid (mean Y-PSNR of blind / oracle / the old default / bicubic and the estimates' errors per
+    cell) with its summary line, then the spatially varying cases averaged over their images."""
+    out = []
+    models = dict.fromkeys(r["model"] for r in result["grid"])
+    for name in models:
+        rows = [r for r in result["grid"] if r["model"] == name and "sigma" in r]
+        timing = next(r["timing"] for r in result["grid"] if r["model"] == name and "timing" in r)
+        gaps = [r["psnr_oracle"] - r["psnr_blind"] for r in rows]
+        over_bicubic = min(r["psnr_blind"] - r["psnr_bicubic"] for r in rows)
+        out += [f"{name} (x{rows[0]['scale']}; {len(result['images'])} images, HR crops of {result['crop']} px)\n",
+                "| blur σ | noise | blind | oracle | old default (σ 1.0, noise 0) | bicubic | blind - oracle | "
+                "blur error (HR px) | noise error | fallbacks |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            out.append(f"| {r['sigma']:g} | {r['noise']:g} | {r['psnr_blind']:.2f} | {r['psnr_oracle']:.2f} | "
+                       f"{r['psnr_old_default']:.2f} | {r['psnr_bicubic']:.2f} | {r['psnr_blind'] - r['psnr_oracle']:+.2f} | "
+                       f"{r['blur_mae']:.2f} | {r['noise_mae']:.2f} | {r['fallbacks']} |")
+        out += ["", f"Blind - oracle: mean {-np.mean(gaps):+.2f} dB, worst cell {-max(gaps):+.2f} dB; blind - bicubic: "
+                f"worst cell {over_bicubic:+.2f} dB; estimating took {100 * timing['estimate_s'] / timing['upscale_s']:.1f} % "
+                f"of the upscaling time ({timing['images']} images).", ""]
+    cases = {}
+    for r in result["varying"]:
+        cases.setdefault((r["model"], r["case"]), []).append(r)
+    if cases:
+        out += ["Spatially varying degradations (mean Y-PSNR over the images; best global: the best single value "
+                "of the sweep, picked per case with the truth)\n",
+                "| model | case | auto-map | auto | best global value | oracle maps | bicubic |", "|---|---|---:|---:|---:|---:|---:|"]
+        for (name, case), rs in cases.items():
+            mean = {k: np.mean([r[k] for r in rs]) for k in ("auto-map", "auto", "oracle-maps", "bicubic")}
+            sweep = {v: np.mean([r["global"][v] for r in rs]) for v in rs[0]["global"]}
+            best = max(sweep, key=sweep.get)
+            out.append(f"| {name} | {case} | {mean['auto-map']:.2f} | {mean['auto']:.2f} | {sweep[best]:.2f} ({best}) | "
+                       f"{mean['oracle-maps']:.2f} | {mean['bicubic']:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["udvd-x2", "udvd-x2-small", "udvd-x3-small", "udvd-x4-small"])
     parser.add_argument("--sets", nargs="+", type=Path, default=SETS)
     parser.add_argument("--crop", type=int, default=192, help="HR centre crop side (default 192)")
     parser.add_argument("--varying", action="store_true", help="also the spatially varying degradations")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "blind.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "blind.json",
+                        help="results (JSON); models already in it, on the same images and crop, are kept")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables of an earlier --out")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     torch.set_num_threads(2)
     images = centre_crops([img for folder in args.sets for img in folder_images(folder)], args.crop)
     result = {"what": __doc__.splitlines()[0], "udvd_triton": __version__, "torch": torch.__version__,
               "python": platform.python_version(), "machine": f"{platform.machine()} CPU, 2 threads",
               "images": [n for n, _ in images], "crop": args.crop, "grid": [], "varying": []}
+    if args.out.exists():  # resume: a model measured on the same images is kept, not measured again
+        earlier = json.loads(args.out.read_text())
+        if (earlier.get("images"), earlier.get("crop")) == (result["images"], result["crop"]):
+            result["grid"], result["varying"] = earlier["grid"], earlier["varying"]
+    done = {part: {r["model"] for r in result[part]} for part in ("grid", "varying")}
     for name in args.models:
-        result["grid"] += grid(name, images)
-        write_json(args.out, result)
+        if name not in done["grid"]:
+            result["grid"] += grid(name, images)
+            write_json(args.out, result)
     if args.varying:
         for name in args.models:
-            if UDVD.from_pretrained(name).scale == 2:
+            if name not in done["varying"] and UDVD.from_pretrained(name).scale == 2:
                 result["varying"] += varying(name, images[:8])
                 write_json(args.out, result)
+    print(markdown(result))
     print(f"wrote {args.out}")
     return 0
 
