@@ -214,7 +214,7 @@ def old_vs_new(photos: Path, commit: str, steps: int, repeats: int, tmp: Path) -
         proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=trees[name], capture_output=True,
                               text=True)  # cwd: sys.path[0] of -c
         if proc.returncode:
-            raise RuntimeError(f"the {name} trainer failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"the {name} tree failed ({'prepare_data' if code is _PREPARE else 'train'}):\n{proc.stderr[-3000:]}")
 
     for name in trees:
         run(name, _PREPARE, str(photos), str(tmp / f"prepared-{name}"))
